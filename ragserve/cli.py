@@ -1,0 +1,211 @@
+"""The one ``ragserve`` command. Thin: parse flags, call one indexing/engine function, format.
+
+User errors print one line (``error: ...``) and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from ragserve import __version__
+from ragserve.config import Settings
+from ragserve.errors import RagServeError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings().with_overrides(**vars(args))
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index-dir", help="folder holding index folders (default: ./indexes)")
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from ragserve.corpus import ChunkingConfig
+    from ragserve.corpus.demo import DEMO_NAME, demo_documents, demo_source
+    from ragserve.indexing import build_from_file, build_index, documents_checksum, list_indexes
+
+    settings = _settings(args)
+    retrievers = [r.strip() for r in args.retrievers.split(",") if r.strip()]
+    chunking = ChunkingConfig(max_words=args.chunk_words, overlap=args.chunk_overlap)
+    if args.demo == bool(args.corpus):
+        raise RagServeError("give exactly one of --corpus FILE or --demo")
+    name = args.name or (DEMO_NAME if args.demo else None)
+    if not name:
+        raise RagServeError("--name is required with --corpus")
+    if args.if_missing and name in list_indexes(settings.index_dir):
+        print(f"index {name!r} already built in {settings.index_dir}")
+        return 0
+    common = {"retrievers": retrievers, "chunking": chunking, "progress": not args.quiet}
+    if args.demo:
+        docs = demo_documents()
+        source = {"source": demo_source(), "sha256": documents_checksum(docs)}
+        manifest = build_index(docs, source, name, settings.index_dir, **common)
+    else:
+        manifest = build_from_file(args.corpus, name, settings.index_dir, **common)
+    print(
+        f"built index {name!r}: {manifest.corpus['documents']} documents,"
+        f" {manifest.corpus['passages']} passages, retrievers {', '.join(manifest.retrievers)}"
+        f" in {manifest.build['seconds']:.1f}s → {settings.index_dir / name}"
+    )
+    return 0
+
+
+def cmd_index_info(args: argparse.Namespace) -> int:
+    from ragserve.indexing import open_manifest
+
+    path, _ = open_manifest(_settings(args).index_dir, args.name)
+    print(
+        json.dumps(
+            {"path": str(path), **json.loads((path / "manifest.json").read_text())}, indent=2
+        )
+    )
+    return 0
+
+
+def cmd_index_verify(args: argparse.Namespace) -> int:
+    from ragserve.indexing import verify_index
+
+    problems = verify_index(_settings(args).index_dir, args.name)
+    for p in problems:
+        print(f"  {p}")
+    print(f"index {args.name!r}: " + ("OK" if not problems else f"{len(problems)} problem(s)"))
+    return 0 if not problems else 1
+
+
+def cmd_index_list(args: argparse.Namespace) -> int:
+    from ragserve.indexing import list_indexes
+
+    for name in list_indexes(_settings(args).index_dir):
+        print(name)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ragserve.indexing import open_manifest
+    from ragserve.server.app import create_app
+
+    settings = _settings(args)
+    open_manifest(settings.index_dir, settings.index)  # fail fast, before uvicorn starts
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from ragserve.engine import Finished, RagOptions, RagRequest, Retrieved, TokenText
+    from ragserve.generation.base import SamplingParams
+    from ragserve.server.app import load_engine
+
+    settings = _settings(args)
+    request = RagRequest(
+        messages=[{"role": "user", "content": args.question}],
+        params=SamplingParams(max_tokens=args.max_tokens),
+        rag=RagOptions(k=args.k, retriever=args.retriever),
+    )
+
+    async def run() -> None:
+        engine, index = await asyncio.to_thread(load_engine, settings)
+        citations = []
+        try:
+            async for event in engine.run(request):
+                if isinstance(event, Retrieved):
+                    citations = event.citations
+                elif isinstance(event, TokenText):
+                    print(event.text, end="", flush=True)
+                elif isinstance(event, Finished):
+                    print()
+        finally:
+            await engine.generator.aclose()
+            index.close()
+        print("\nSources:")
+        for c in citations:
+            name = c.title or c.external_id
+            print(f"  [{c.index}] {name} ({c.external_id}, score {c.score:.2f})")
+
+    asyncio.run(run())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ragserve {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    index = sub.add_parser("index", help="build, inspect and verify index folders")
+    isub = index.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="build an index from a corpus (atomic)")
+    b.add_argument("--corpus", help="JSONL file ({id,title,text}) or BEIR folder")
+    b.add_argument("--demo", action="store_true", help="the bundled Python documentation")
+    b.add_argument("--name", help="index name (default for --demo: python-docs)")
+    b.add_argument("--retrievers", default="bm25", help="comma-separated (default: bm25)")
+    b.add_argument("--chunk-words", type=int, default=100, help="passage size; 0 = whole docs")
+    b.add_argument("--chunk-overlap", type=int, default=20, help="words shared by neighbours")
+    b.add_argument("--if-missing", action="store_true", help="do nothing if already built")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_common(b)
+    b.set_defaults(func=cmd_index_build)
+    for name, func, text in [
+        ("info", cmd_index_info, "print an index's manifest"),
+        ("verify", cmd_index_verify, "recompute checksums"),
+    ]:
+        p = isub.add_parser(name, help=text)
+        p.add_argument("name")
+        _add_common(p)
+        p.set_defaults(func=func)
+    p = isub.add_parser("list", help="list built indexes")
+    _add_common(p)
+    p.set_defaults(func=cmd_index_list)
+
+    def add_engine_flags(p: argparse.ArgumentParser) -> None:
+        _add_common(p)
+        p.add_argument("--index", help="index name (default: python-docs)")
+        p.add_argument("--generator", help="llama_cpp (default)")
+        p.add_argument("--model", help="GGUF path (default: the bundled Gemma 3 270M)")
+        p.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
+        p.add_argument("--n-threads", type=int, help="CPU threads for the model")
+        p.add_argument("--retriever", help="default retriever (default: bm25)")
+
+    s = sub.add_parser("serve", help="start the OpenAI-compatible server")
+    add_engine_flags(s)
+    s.add_argument("--host", help="bind address (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default: 8000)")
+    s.add_argument("--max-queued", type=int, help="requests in flight before 503 (default: 64)")
+    s.set_defaults(func=cmd_serve)
+
+    a = sub.add_parser("ask", help="answer one question on the command line")
+    add_engine_flags(a)
+    a.add_argument("question")
+    a.add_argument("--k", type=int, default=4, help="passages to retrieve (default: 4)")
+    a.add_argument("--max-tokens", type=int, default=256)
+    a.set_defaults(func=cmd_ask)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except RagServeError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

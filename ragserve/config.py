@@ -1,0 +1,47 @@
+"""Typed settings, one place for defaults: environment variables (``RAGSERVE_*``) then flags.
+
+Every default runs on a laptop with no downloads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(f"RAGSERVE_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    index_dir: Path = field(default_factory=lambda: Path(_env("INDEX_DIR", "indexes") or "indexes"))
+    index: str = field(default_factory=lambda: _env("INDEX", "python-docs") or "python-docs")
+    data_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("RAGSERVE_DATA", "../shared/data"))
+    )
+    generator: str = field(default_factory=lambda: _env("GENERATOR", "llama_cpp") or "llama_cpp")
+    model: str | None = field(default_factory=lambda: _env("MODEL", None))
+    n_ctx: int = field(default_factory=lambda: int(_env("N_CTX", "4096") or 4096))
+    n_threads: int | None = field(
+        default_factory=lambda: int(v) if (v := _env("N_THREADS", None)) else None
+    )
+    host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1") or "127.0.0.1")
+    port: int = field(default_factory=lambda: int(_env("PORT", "8000") or 8000))
+    retriever: str = field(default_factory=lambda: _env("RETRIEVER", "bm25") or "bm25")
+    top_k: int = 4
+    max_tokens: int = 256
+    max_queued: int = field(default_factory=lambda: int(_env("MAX_QUEUED", "64") or 64))
+    model_alias: str = "ragserve"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """Apply flag values that were given (``None`` means "not given")."""
+        known = {f.name for f in fields(self)}
+        given = {k: v for k, v in overrides.items() if k in known and v is not None}
+        if "index_dir" in given:
+            given["index_dir"] = Path(given["index_dir"])
+        if "data_dir" in given:
+            given["data_dir"] = Path(given["data_dir"])
+        return replace(self, **given)

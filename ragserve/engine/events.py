@@ -1,0 +1,42 @@
+"""What a strategy emits: the server turns events into OpenAI chunks; bench and eval read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ragserve.generation.base import Usage
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage put in the prompt, numbered as the prompt numbers it."""
+
+    index: int
+    passage_id: int
+    external_id: str
+    doc_id: str
+    title: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """One retrieval step: the query issued and the passages it brought."""
+
+    query: str
+    citations: list[Citation]
+
+
+@dataclass(frozen=True)
+class TokenText:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str
+    usage: Usage
+
+
+Event = Retrieved | TokenText | Finished

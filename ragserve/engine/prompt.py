@@ -1,0 +1,41 @@
+"""The RAG prompt: numbered passages, then the question, in the model's own chat format."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ragserve.engine.events import Citation
+
+SYSTEM = (
+    "Answer the question using the numbered passages. Cite the passages you use as [1], [2]. "
+    "If the passages do not contain the answer, say that you do not know."
+)
+
+
+# A base model keeps writing passages or questions after its answer; stop it there.
+STOP = ("\n\n[", "\nQuestion:", "\n\n\n")
+
+
+def rag_messages(
+    messages: Sequence[dict[str, str]], citations: Sequence[Citation], max_words: int = 150
+) -> list[dict[str, str]]:
+    """``messages`` with our system text added and the last user turn carrying the passages."""
+    blocks = []
+    for c in citations:
+        words = c.text.split()
+        text = " ".join(words[:max_words]) + (" …" if len(words) > max_words else "")
+        blocks.append(f"[{c.index}] {c.title}\n{text}" if c.title else f"[{c.index}] {text}")
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    out = [{"role": "system", "content": SYSTEM}]
+    for i, m in enumerate(messages):
+        if i == last_user:
+            passages = "\n\n".join(blocks)
+            out.append(
+                {
+                    "role": "user",
+                    "content": f"Passages:\n{passages}\n\nQuestion: {m['content'].strip()}",
+                }
+            )
+        else:
+            out.append(dict(m))
+    return out

@@ -1,0 +1,56 @@
+"""A RAG request as strategies see it: chat messages, sampling, and retrieval options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ragserve.errors import InputError
+from ragserve.generation.base import SamplingParams
+
+STRATEGIES = ("single", "none")
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class RagOptions:
+    """``strategy="none"`` skips retrieval: the model answers from the messages alone."""
+
+    strategy: str = "single"
+    k: int = 4
+    retriever: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise InputError(
+                f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}",
+                param="rag.strategy",
+            )
+        if self.k < 1 or self.k > 50:
+            raise InputError("rag.k must be between 1 and 50", param="rag.k")
+
+
+@dataclass(frozen=True)
+class RagRequest:
+    messages: list[dict[str, str]]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    rag: RagOptions = field(default_factory=RagOptions)
+
+    def __post_init__(self) -> None:
+        if not self.messages:
+            raise InputError("messages must contain at least one message", param="messages")
+        for m in self.messages:
+            if m.get("role") not in ROLES:
+                raise InputError(
+                    f"unsupported message role {m.get('role')!r}; use one of {', '.join(ROLES)}",
+                    param="messages",
+                )
+        if not self.question:
+            raise InputError("the last user message is empty", param="messages")
+
+    @property
+    def question(self) -> str:
+        """The last user message: what retrieval searches for."""
+        for m in reversed(self.messages):
+            if m["role"] == "user":
+                return m["content"].strip()
+        raise InputError("messages must contain a user message", param="messages")

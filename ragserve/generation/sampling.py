@@ -1,0 +1,53 @@
+"""Next-token choice from logits: argmax when greedy (deterministic), else seeded top-k/top-p.
+
+Kept in numpy and outside any backend so greedy means exactly the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ragserve.generation.base import SamplingParams, TopToken
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def top_tokens(logits: np.ndarray, m: int) -> list[TopToken]:
+    """The ``m`` most likely tokens with log-probabilities, ties broken by lower id."""
+    lp = log_softmax(logits)
+    m = min(m, len(lp))
+    part = np.argpartition(-lp, m - 1)[:m]
+    order = part[np.lexsort((part, -lp[part]))]
+    return [TopToken(int(t), float(lp[t])) for t in order]
+
+
+class Sampler:
+    """One per request, so a seed gives the same sample sequence whatever else runs."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self._rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        p = self.params
+        if p.greedy:
+            return int(np.argmax(logits))
+        x = logits.astype(np.float64) / p.temperature
+        if p.top_k:
+            k = min(p.top_k, len(x))
+            cutoff = np.partition(x, -k)[-k]
+            x = np.where(x >= cutoff, x, -np.inf)
+        probs = np.exp(x - x.max())
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            cum = np.cumsum(probs[order])
+            keep = order[: int(np.searchsorted(cum, p.top_p)) + 1]
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        return int(self._rng.choice(len(probs), p=probs))

@@ -1,0 +1,111 @@
+"""BM25 over a precomputed (term × passage) score matrix: a query is a sparse row times that matrix.
+
+``bm25s`` computes the per-term, per-passage BM25 weights once at build time; searching a batch is
+then one sparse matrix product, which is what makes it two orders of magnitude faster than scoring
+passage by passage. Variants:
+
+- ``lucene`` (default): Lucene's idf ``log(1 + (N - df + .5) / (df + .5))``, stemmed words.
+- ``okapi``: Robertson's idf clamped at zero, identical to ``rank_bm25.BM25Okapi(epsilon=0)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ragserve.errors import InputError
+from ragserve.retrieval.base import Hit, check_doc_ids, check_queries, top_k
+from ragserve.retrieval.text import WordTokenizer
+
+VARIANTS = {"lucene": "lucene", "okapi": "robertson"}
+DEFAULTS: dict[str, Any] = {"variant": "lucene", "k1": 1.5, "b": 0.75, "stemmer": "english"}
+
+
+class BM25Retriever:
+    """Thread-safe: searching only reads the score matrix."""
+
+    name = "bm25"
+
+    def __init__(self, weights: sp.csr_matrix, vocab: dict[str, int], tokenizer: WordTokenizer):
+        self._weights = weights
+        self._vocab = vocab
+        self._tokenize = tokenizer
+        self.params: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return self._weights.shape[1]
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[str],
+        *,
+        variant: str = DEFAULTS["variant"],
+        k1: float = DEFAULTS["k1"],
+        b: float = DEFAULTS["b"],
+        stemmer: str | None = DEFAULTS["stemmer"],
+        stopwords: bool = True,
+        show_progress: bool = False,
+    ) -> BM25Retriever:
+        import bm25s
+
+        if variant not in VARIANTS:
+            raise InputError(f"unknown BM25 variant {variant!r}; choose from {sorted(VARIANTS)}")
+        tokenizer = WordTokenizer(stemmer=stemmer, stopwords=stopwords)
+        corpus_tokens = [tokenizer(t) for t in texts]
+        model = bm25s.BM25(k1=k1, b=b, method=VARIANTS[variant])
+        model.index(corpus_tokens, show_progress=show_progress)
+        s = model.scores
+        vocab = {tok: int(i) for tok, i in model.vocab_dict.items() if tok != ""}
+        weights = sp.csr_matrix(
+            (s["data"].astype(np.float32), s["indices"], s["indptr"]),
+            shape=(len(s["indptr"]) - 1, s["num_docs"]),
+        )
+        r = cls(weights, vocab, tokenizer)
+        r.params = {"variant": variant, "k1": k1, "b": b, **tokenizer.params()}
+        return r
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        folder.mkdir(parents=True, exist_ok=True)
+        sp.save_npz(folder / "weights.npz", self._weights, compressed=False)
+        (folder / "vocab.json").write_text(json.dumps(self._vocab, ensure_ascii=False))
+        return dict(self.params)
+
+    @classmethod
+    def load(cls, folder: Path, params: dict[str, Any]) -> BM25Retriever:
+        weights = sp.load_npz(folder / "weights.npz").tocsr()
+        vocab = json.loads((folder / "vocab.json").read_text())
+        tokenizer = WordTokenizer(stemmer=params.get("stemmer"), stopwords=params["stopwords"])
+        r = cls(weights, vocab, tokenizer)
+        r.params = dict(params)
+        return r
+
+    def _query_matrix(self, queries: Sequence[str]) -> sp.csr_matrix:
+        rows, cols = [], []
+        for i, q in enumerate(queries):
+            ids = [self._vocab[t] for t in self._tokenize(q) if t in self._vocab]
+            rows.extend([i] * len(ids))
+            cols.extend(ids)
+        data = np.ones(len(rows), dtype=np.float32)
+        # Duplicate (row, col) entries are summed: a repeated query term counts twice.
+        return sp.csr_matrix((data, (rows, cols)), shape=(len(queries), self._weights.shape[0]))
+
+    def _scores(self, queries: Sequence[str]) -> np.ndarray:
+        return (self._query_matrix(queries) @ self._weights).toarray()
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        k = check_queries(queries, k, len(self))
+        if not queries:
+            return []
+        return [top_k(row, k) for row in self._scores(queries)]
+
+    def score(self, query: str, doc_ids: Sequence[int]) -> list[float]:
+        check_queries([query], 1, len(self))
+        ids = check_doc_ids(doc_ids, len(self))
+        row = self._scores([query])[0]
+        return [float(row[i]) for i in ids]

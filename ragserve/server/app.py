@@ -1,0 +1,57 @@
+"""The FastAPI application factory. Resources load in the lifespan, so import is cheap and tests
+can pass a ready engine instead."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ragserve import __version__
+from ragserve.config import Settings
+from ragserve.engine.single import Engine
+from ragserve.generation.factory import create_generator
+from ragserve.indexing import LoadedIndex, load_index
+from ragserve.server import errors
+from ragserve.server.limits import InFlightLimiter
+from ragserve.server.routes import chat, meta
+from ragserve.server.state import ServerState
+
+log = logging.getLogger("ragserve.server")
+
+
+def load_engine(settings: Settings) -> tuple[Engine, LoadedIndex]:
+    """Open the configured index and model (blocking: seconds for the model)."""
+    index = load_index(settings.index_dir, settings.index)
+    generator = create_generator(settings)
+    engine = Engine(index.retrievers, index.docstore, generator, settings.retriever)
+    return engine, index
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        index = None
+        eng = engine
+        if eng is None:
+            eng, index = await asyncio.to_thread(load_engine, settings)
+            log.info("serving index %s with %s", settings.index, eng.generator.model_name)
+        app.state.ragserve = ServerState(settings, eng, InFlightLimiter(settings.max_queued), index)
+        try:
+            yield
+        finally:
+            if engine is None:
+                await eng.generator.aclose()
+                if index is not None:
+                    index.close()
+
+    app = FastAPI(title="ragserve", version=__version__, lifespan=lifespan)
+    errors.install(app)
+    app.include_router(chat.router)
+    app.include_router(meta.router)
+    return app
