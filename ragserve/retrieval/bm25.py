@@ -62,8 +62,11 @@ class BM25Retriever:
         model.index(corpus_tokens, show_progress=show_progress)
         s = model.scores
         vocab = {tok: int(i) for tok, i in model.vocab_dict.items() if tok != ""}
+        data = s["data"].astype(np.float32)
+        if variant == "okapi":
+            data *= k1 + 1  # bm25s leaves out Robertson's (k1 + 1) numerator; rank_bm25 keeps it
         weights = sp.csr_matrix(
-            (s["data"].astype(np.float32), s["indices"], s["indptr"]),
+            (data, s["indices"], s["indptr"]),
             shape=(len(s["indptr"]) - 1, s["num_docs"]),
         )
         r = cls(weights, vocab, tokenizer)

@@ -1,0 +1,60 @@
+"""The ``ragserve`` command as a user runs it: a real process, real exit codes and messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def ragserve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ragserve.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_build_info_verify_and_errors(tmp_path: Path, corpus_file: Path) -> None:
+    r = ragserve(
+        "index", "build", "--corpus", str(corpus_file), "--name", "small", "--quiet", cwd=tmp_path
+    )
+    assert r.returncode == 0 and "5 passages" in r.stdout
+    assert '"passages": 5' in ragserve("index", "info", "small", cwd=tmp_path).stdout
+    assert ragserve("index", "verify", "small", cwd=tmp_path).stdout.strip().endswith("OK")
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "x"}\n{oops\n')
+    r = ragserve("index", "build", "--corpus", str(bad), "--name", "bad", cwd=tmp_path)
+    assert r.returncode == 2
+    assert (
+        r.stderr.strip().splitlines()[-1]
+        == f"error: {bad}:2: invalid JSON (Expecting property name "
+        "enclosed in double quotes at column 2)"
+    )
+    assert not (tmp_path / "indexes" / "bad").exists()
+    r = ragserve("index", "info", "missing", cwd=tmp_path)
+    assert r.returncode == 2 and "index 'missing' not found" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_ask_prints_answer_and_sources(demo_index_dir: Path, tmp_path: Path) -> None:
+    r = ragserve(
+        "ask",
+        "What does the nonlocal statement do?",
+        "--index-dir",
+        str(demo_index_dir),
+        "--max-tokens",
+        "32",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    answer, sources = r.stdout.split("Sources:")
+    assert answer.strip()
+    assert "nonlocal" in sources and sources.count("[") == 4

@@ -1,0 +1,81 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from ragserve.corpus import Manifest
+from ragserve.errors import InputError, NotFoundError
+from ragserve.indexing import build_from_file, list_indexes, load_index, verify_index
+from ragserve.retrieval import registry
+
+
+def test_build_info_verify(tmp_path: Path, corpus_file: Path) -> None:
+    root = tmp_path / "indexes"
+    m = build_from_file(corpus_file, "small", root, progress=False)
+    assert m.corpus["passages"] == 5 and m.corpus["documents"] == 5
+    saved = json.loads((root / "small" / "manifest.json").read_text())
+    assert saved["format_version"] == 1
+    assert saved["corpus"]["sha256"] and saved["corpus"]["source"].endswith("corpus.jsonl")
+    assert saved["retrievers"]["bm25"]["variant"] == "lucene"
+    assert {"docstore.sqlite", "bm25/weights.npz"} <= set(saved["files"])
+    assert "bm25s" in saved["build"]["libraries"]
+    assert verify_index(root, "small") == []
+    index = load_index(root, "small")
+    assert index.retrievers["bm25"].search(["gzip compress"], 1)[0][0].doc_id == 3
+    index.close()
+
+
+def test_verify_detects_tampering(tmp_path: Path, corpus_file: Path) -> None:
+    build_from_file(corpus_file, "small", tmp_path, progress=False)
+    with (tmp_path / "small" / "docstore.sqlite").open("ab") as f:
+        f.write(b"junk")
+    assert verify_index(tmp_path, "small") == ["checksum mismatch: docstore.sqlite"]
+
+
+def test_interrupted_build_leaves_old_index(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_from_file(corpus_file, "small", tmp_path, progress=False)
+    before = (tmp_path / "small" / "manifest.json").read_text()
+
+    def interrupted(*args: object) -> dict:
+        raise KeyboardInterrupt
+
+    kind = registry.KINDS["bm25"]
+    monkeypatch.setitem(
+        registry.KINDS, "bm25", registry.RetrieverKind("bm25", interrupted, kind.load)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        build_from_file(corpus_file, "small", tmp_path, progress=False)
+    assert (tmp_path / "small" / "manifest.json").read_text() == before
+    assert verify_index(tmp_path, "small") == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_rebuild_replaces_and_bad_corpus_changes_nothing(tmp_path: Path, corpus_file: Path) -> None:
+    build_from_file(corpus_file, "small", tmp_path, progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n')
+    with pytest.raises(InputError, match="duplicate id"):
+        build_from_file(bad, "small", tmp_path, progress=False)
+    assert Manifest.load(tmp_path / "small").corpus["passages"] == 5
+    assert list_indexes(tmp_path) == ["small"]
+
+
+def test_bad_names_and_missing_indexes(tmp_path: Path, corpus_file: Path) -> None:
+    with pytest.raises(InputError, match="invalid index name"):
+        build_from_file(corpus_file, "../escape", tmp_path, progress=False)
+    with pytest.raises(NotFoundError, match="index 'nope' not found"):
+        load_index(tmp_path, "nope")
+    with pytest.raises(InputError, match="unknown retriever"):
+        build_from_file(corpus_file, "x", tmp_path, retrievers=["magic"], progress=False)
+
+
+def test_manifest_format_version_is_checked(tmp_path: Path, corpus_file: Path) -> None:
+    build_from_file(corpus_file, "small", tmp_path, progress=False)
+    path = tmp_path / "small" / "manifest.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="format 99 is not supported"):
+        load_index(tmp_path, "small")
