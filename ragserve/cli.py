@@ -41,7 +41,13 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if args.if_missing and name in list_indexes(settings.index_dir):
         print(f"index {name!r} already built in {settings.index_dir}")
         return 0
-    common = {"retrievers": retrievers, "chunking": chunking, "progress": not args.quiet}
+    options = {"dense": {"factory": args.dense_factory, "precision": args.encoder_precision}}
+    common = {
+        "retrievers": retrievers,
+        "chunking": chunking,
+        "progress": not args.quiet,
+        "retriever_options": options,
+    }
     if args.demo:
         docs = demo_documents()
         source = {"source": demo_source(), "sha256": documents_checksum(docs)}
@@ -140,6 +146,22 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from ragserve.eval.report import run_retrieval_eval
+
+    settings = _settings(args)
+    data = args.data or settings.data_dir / "scifact"
+    retrievers = [r.strip() for r in args.retrievers.split(",") if r.strip()]
+    report = run_retrieval_eval(
+        data, settings.index_dir, retrievers, rebuild=args.rebuild, dense_factory=args.dense_factory
+    )
+    print(report.table())
+    if args.json:
+        report.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ragserve {__version__}")
@@ -151,7 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--corpus", help="JSONL file ({id,title,text}) or BEIR folder")
     b.add_argument("--demo", action="store_true", help="the bundled Python documentation")
     b.add_argument("--name", help="index name (default for --demo: python-docs)")
-    b.add_argument("--retrievers", default="bm25", help="comma-separated (default: bm25)")
+    b.add_argument(
+        "--retrievers",
+        default="bm25,dense,fmindex",
+        help="comma-separated subset of bm25,dense,fmindex (default: all three)",
+    )
+    b.add_argument(
+        "--dense-factory",
+        default="Flat",
+        help="faiss index factory string: Flat, HNSW32, IVF256,PQ32x8 ...",
+    )
+    b.add_argument(
+        "--encoder-precision",
+        help="bf16 (default where the CPU supports it), fp32, or fp32-st (reference)",
+    )
     b.add_argument("--chunk-words", type=int, default=100, help="passage size; 0 = whole docs")
     b.add_argument("--chunk-overlap", type=int, default=20, help="words shared by neighbours")
     b.add_argument("--if-missing", action="store_true", help="do nothing if already built")
@@ -185,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port (default: 8000)")
     s.add_argument("--max-queued", type=int, help="requests in flight before 503 (default: 64)")
     s.set_defaults(func=cmd_serve)
+
+    ev = sub.add_parser("eval", help="measure retrieval (and later answers) on evaluation data")
+    esub = ev.add_subparsers(dest="eval_command", required=True)
+    er = esub.add_parser("retrieval", help="nDCG@10, recall@k, queries/s, build time")
+    er.add_argument("--data", help="BEIR folder or QA folder (default: $RAGSERVE_DATA/scifact)")
+    er.add_argument("--retrievers", default="bm25,dense,fmindex,hybrid")
+    er.add_argument("--dense-factory", default="Flat", help="faiss factory string")
+    er.add_argument("--rebuild", action="store_true", help="rebuild the evaluation index")
+    er.add_argument("--json", help="write the metrics as one flat JSON object")
+    _add_common(er)
+    er.set_defaults(func=cmd_eval_retrieval)
 
     a = sub.add_parser("ask", help="answer one question on the command line")
     add_engine_flags(a)

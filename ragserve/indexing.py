@@ -31,7 +31,15 @@ from ragserve.retrieval.base import Retriever
 from ragserve.retrieval.registry import DEFAULT_RETRIEVERS, kind
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_LIBRARIES = ("bm25s", "faiss-cpu", "fm-index", "llama-cpp-python", "numpy", "onnxruntime")
+_LIBRARIES = (
+    "bm25s",
+    "faiss-cpu",
+    "fm-index",
+    "llama-cpp-python",
+    "numpy",
+    "torch",
+    "transformers",
+)
 
 
 def check_name(name: str) -> str:
@@ -83,7 +91,7 @@ def build_index(
     kinds = [kind(r) for r in dict.fromkeys(retrievers)]
     if not kinds:
         raise InputError("at least one retriever is needed")
-    options = retriever_options or {}
+    options = _with_default_tokenizer(retriever_options or {}, [k.name for k in kinds])
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -127,6 +135,20 @@ def build_index(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _with_default_tokenizer(
+    options: dict[str, dict[str, Any]], names: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The FM-index is built with the default generator's tokenizer unless one is given."""
+    if "fmindex" in names and "tokenizer" not in options.get("fmindex", {}):
+        from ragserve.generation.tokenizer import GGUFTokenizer
+
+        options = {
+            **options,
+            "fmindex": {**options.get("fmindex", {}), "tokenizer": GGUFTokenizer()},
+        }
+    return options
 
 
 def documents_checksum(docs: Sequence[Document]) -> str:
@@ -179,8 +201,17 @@ def list_indexes(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
 
 
-def load_index(root: Path, name: str, retrievers: Sequence[str] | None = None) -> LoadedIndex:
-    """Open an index; ``retrievers=None`` loads every retriever the index has."""
+def load_index(
+    root: Path,
+    name: str,
+    retrievers: Sequence[str] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> LoadedIndex:
+    """Open an index; ``retrievers=None`` loads every retriever the index has.
+
+    ``options`` per retriever carry what it needs from outside retrieval, such as the loaded
+    generator as the FM-index's tokenizer (checked against the one the index was built with).
+    """
     path, manifest = open_manifest(root, name)
     wanted = list(manifest.retrievers) if retrievers is None else list(retrievers)
     missing = [r for r in wanted if r not in manifest.retrievers]
@@ -189,7 +220,8 @@ def load_index(root: Path, name: str, retrievers: Sequence[str] | None = None) -
             f"index {name!r} has no {', '.join(missing)} retriever"
             f" (it has: {', '.join(manifest.retrievers)})"
         )
-    loaded = {r: kind(r).load(path / r, manifest.retrievers[r]) for r in wanted}
+    opts = _with_default_tokenizer(options or {}, wanted)
+    loaded = {r: kind(r).load(path / r, manifest.retrievers[r], opts.get(r, {})) for r in wanted}
     return LoadedIndex(path, manifest, DocStore(path / "docstore.sqlite"), loaded)
 
 

@@ -30,6 +30,7 @@ from ragserve.generation.base import GenerationChunk, SamplingParams, TopToken, 
 from ragserve.generation.models import resolve_gguf
 from ragserve.generation.sampling import Sampler, top_tokens
 from ragserve.generation.streaming import StopTextStream
+from ragserve.generation.tokenizer import tokenizer_identity
 
 CHUNK = 64  # prompt evaluation granularity; 64 costs ~15% prefill speed against 512 on 2 cores
 
@@ -73,6 +74,10 @@ class LlamaCppGenerator:
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=special, special=special)
+
+    def identity(self) -> dict[str, object]:
+        """The tokenizer fingerprint an FM-index built for this model records."""
+        return tokenizer_identity(self.model_name, self._n_vocab, self.tokenize)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         return self._llm.detokenize(list(token_ids)).decode("utf-8", errors="replace")

@@ -15,6 +15,7 @@ from ragserve.config import Settings
 from ragserve.engine.single import Engine
 from ragserve.generation.factory import create_generator
 from ragserve.indexing import LoadedIndex, load_index
+from ragserve.retrieval.registry import with_hybrid
 from ragserve.server import errors
 from ragserve.server.limits import InFlightLimiter
 from ragserve.server.routes import chat, meta
@@ -25,9 +26,12 @@ log = logging.getLogger("ragserve.server")
 
 def load_engine(settings: Settings) -> tuple[Engine, LoadedIndex]:
     """Open the configured index and model (blocking: seconds for the model)."""
-    index = load_index(settings.index_dir, settings.index)
     generator = create_generator(settings)
-    engine = Engine(index.retrievers, index.docstore, generator, settings.retriever)
+    index = load_index(
+        settings.index_dir, settings.index, options={"fmindex": {"tokenizer": generator}}
+    )
+    retrievers = with_hybrid(index.retrievers)
+    engine = Engine(retrievers, index.docstore, generator, settings.retriever)
     return engine, index
 
 

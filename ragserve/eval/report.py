@@ -1,0 +1,100 @@
+"""``ragserve eval retrieval``: build (or reuse) an index of the data's corpus, evaluate, report.
+
+The evaluation index keeps documents whole (BEIR's convention) and lives beside the others as
+``eval-<dataset>``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragserve.corpus import ChunkingConfig
+from ragserve.eval.datasets import Dataset, load_dataset
+from ragserve.eval.retrieval import evaluate
+from ragserve.indexing import build_from_file, list_indexes, load_index
+from ragserve.retrieval.registry import with_hybrid
+
+
+@dataclass
+class RetrievalReport:
+    dataset: Dataset
+    results: dict[str, dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def flat(self) -> dict[str, Any]:
+        """One flat JSON object: ``<retriever>/<metric>`` keys plus the settings."""
+        out: dict[str, Any] = dict(self.settings)
+        for name, metrics in self.results.items():
+            for key, value in metrics.items():
+                out[f"{name}/{key}"] = value
+        return out
+
+    def table(self) -> str:
+        keys = sorted(
+            {k for m in self.results.values() for k in m},
+            key=lambda k: (k in ("qps", "build_s"), k),
+        )
+        rows = [["retriever", *keys]]
+        for name, metrics in self.results.items():
+            rows.append([name, *(str(metrics.get(k, "")) for k in keys)])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        head = (
+            f"{self.dataset.name}: {len(self.dataset.queries)} queries,"
+            f" {self.settings.get('corpus_passages')} passages"
+        )
+        return "\n".join([head, *lines])
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.flat(), indent=2) + "\n")
+
+
+def run_retrieval_eval(
+    data: str | Path,
+    index_dir: Path,
+    retrievers: list[str],
+    *,
+    rebuild: bool = False,
+    dense_factory: str = "Flat",
+    progress: bool = True,
+) -> RetrievalReport:
+    dataset = load_dataset(data)
+    name = f"eval-{dataset.name}"
+    stored = [r for r in retrievers if r != "hybrid"]
+    if "hybrid" in retrievers:
+        stored = list(dict.fromkeys([*stored, "bm25", "dense"]))
+    if rebuild or name not in list_indexes(index_dir):
+        build_from_file(
+            dataset.corpus,
+            name,
+            index_dir,
+            retrievers=stored,
+            chunking=ChunkingConfig(0, 0),
+            progress=progress,
+            retriever_options={"dense": {"factory": dense_factory}},
+        )
+    index = load_index(index_dir, name, stored)
+    try:
+        loaded = with_hybrid(index.retrievers)
+        chosen = {r: loaded[r] for r in retrievers}
+        results = evaluate(dataset, chosen, index.docstore.doc_ids())
+        build_s = index.manifest.build.get("retriever_seconds", {})
+        for r, metrics in results.items():
+            if r in build_s:
+                metrics["build_s"] = build_s[r]
+        settings = {
+            "data": dataset.name,
+            "queries": len(dataset.queries),
+            "corpus_passages": len(index.docstore),
+            "dense_factory": index.manifest.retrievers.get("dense", {}).get("factory"),
+            "encoder_precision": index.manifest.retrievers.get("dense", {}).get("precision"),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "python": platform.python_version(),
+        }
+        return RetrievalReport(dataset, results, settings)
+    finally:
+        index.close()

@@ -1,0 +1,140 @@
+"""Dense retrieval: passage vectors in a faiss index named by a factory string.
+
+``Flat`` is exact inner product, ``HNSW32`` approximate, ``IVF…,PQ…`` for large corpora. The
+vectors are stored beside the index, so another factory string can be built without re-encoding,
+and ``score`` is always the exact inner product, which the approximate indexes approximate: search
+takes faiss's candidates and ranks them by that same exact function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragserve.errors import IndexMismatchError, InputError
+from ragserve.retrieval.base import Hit, check_doc_ids, check_queries
+from ragserve.retrieval.encoders import Encoder, load_encoder
+
+DEFAULT_FACTORY = "Flat"
+EF_SEARCH = 128
+NPROBE = 16
+
+
+def make_faiss_index(vectors: np.ndarray, factory: str):  # type: ignore[no-untyped-def]
+    import faiss
+
+    try:
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise InputError(f"invalid faiss factory string {factory!r}: {e}") from None
+    if not index.is_trained:
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def _tune(index, factory: str) -> None:  # type: ignore[no-untyped-def]
+    import faiss
+
+    if "HNSW" in factory:
+        faiss.ParameterSpace().set_index_parameter(index, "efSearch", EF_SEARCH)
+    if "IVF" in factory:
+        faiss.ParameterSpace().set_index_parameter(index, "nprobe", NPROBE)
+
+
+class DenseRetriever:
+    """Thread-safe: faiss searches and ONNX Runtime sessions may run concurrently."""
+
+    name = "dense"
+
+    def __init__(self, index, vectors: np.ndarray, encoder: Encoder, factory: str):  # type: ignore[no-untyped-def]
+        self._index = index
+        self._vectors = vectors
+        self._encoder = encoder
+        self.factory = factory
+        self._exact = factory == "Flat"
+        _tune(index, factory)
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    @classmethod
+    def fit(
+        cls,
+        texts: Sequence[str],
+        *,
+        factory: str = DEFAULT_FACTORY,
+        encoder: Encoder | None = None,
+        precision: str | None = None,
+        batch_size: int = 16,
+        show_progress: bool = False,
+    ) -> DenseRetriever:
+        encoder = encoder or load_encoder(precision)
+        vectors = encoder.encode(texts, batch_size=batch_size, progress=show_progress)
+        return cls(make_faiss_index(vectors, factory), vectors, encoder, factory)
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        import faiss
+
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "vectors.npy", self._vectors)
+        faiss.write_index(self._index, str(folder / "index.faiss"))
+        return {
+            **self._encoder.identity(),
+            "factory": self.factory,
+            "metric": "inner_product",
+            "ef_search": EF_SEARCH,
+            "nprobe": NPROBE,
+        }
+
+    @classmethod
+    def load(
+        cls, folder: Path, params: dict[str, Any], encoder: Encoder | None = None
+    ) -> DenseRetriever:
+        import faiss
+
+        encoder = encoder or load_encoder(params.get("precision"))
+        built = {k: params.get(k) for k in ("encoder", "precision", "dim")}
+        loaded = {k: encoder.identity().get(k) for k in built}
+        if built != loaded:
+            raise IndexMismatchError(
+                f"dense index was built with encoder {built} but the loaded encoder is {loaded};"
+                " rebuild the index or load the matching encoder"
+            )
+        vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+        return cls(
+            faiss.read_index(str(folder / "index.faiss")), vectors, encoder, params["factory"]
+        )
+
+    def with_factory(self, factory: str) -> DenseRetriever:
+        """The same vectors under another faiss index (no re-encoding)."""
+        vectors = np.ascontiguousarray(self._vectors, dtype=np.float32)
+        return DenseRetriever(make_faiss_index(vectors, factory), vectors, self._encoder, factory)
+
+    def _exact_scores(self, qvec: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        # float64 row-wise products: the same value for a pair whatever else is scored with it.
+        return (self._vectors[ids].astype(np.float64) * qvec.astype(np.float64)).sum(axis=1)
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        k = check_queries(queries, k, len(self))
+        if not queries:
+            return []
+        qvecs = np.stack([self._encoder.encode_query(q) for q in queries])
+        # Exact search fetches a few extra so float32 near-ties cannot hide a true top-k passage.
+        fetch = min(len(self), k + 8 if self._exact else k)
+        _, cand = self._index.search(qvecs, fetch)
+        out = []
+        for qvec, row in zip(qvecs, cand, strict=True):
+            ids = row[row >= 0]
+            scores = self._exact_scores(qvec, ids)
+            order = np.lexsort((ids, -scores))[:k]
+            out.append([Hit(int(ids[i]), float(scores[i])) for i in order])
+        return out
+
+    def score(self, query: str, doc_ids: Sequence[int]) -> list[float]:
+        check_queries([query], 1, len(self))
+        ids = np.asarray(check_doc_ids(doc_ids, len(self)), dtype=np.int64)
+        return [float(s) for s in self._exact_scores(self._encoder.encode_query(query), ids)]

