@@ -46,7 +46,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 bench: install
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python -m benchmarks.retrieval
 
 clean:
 	rm -rf $(VENV) indexes/python-docs .pytest_cache .ruff_cache

@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="GGUF path (default: the bundled Gemma 3 270M)")
         p.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
         p.add_argument("--n-threads", type=int, help="CPU threads for the model")
-        p.add_argument("--retriever", help="default retriever (default: bm25)")
+        p.add_argument(
+            "--retriever", help="default retriever (default: hybrid if built, else bm25)"
+        )
 
     s = sub.add_parser("serve", help="start the OpenAI-compatible server")
     add_engine_flags(s)

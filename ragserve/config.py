@@ -30,7 +30,7 @@ class Settings:
     )
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1") or "127.0.0.1")
     port: int = field(default_factory=lambda: int(_env("PORT", "8000") or 8000))
-    retriever: str = field(default_factory=lambda: _env("RETRIEVER", "bm25") or "bm25")
+    retriever: str | None = field(default_factory=lambda: _env("RETRIEVER", None))
     top_k: int = 4
     max_tokens: int = 256
     max_queued: int = field(default_factory=lambda: int(_env("MAX_QUEUED", "64") or 64))

@@ -23,8 +23,13 @@ class Engine:
         retrievers: Mapping[str, Retriever],
         docstore: DocStore,
         generator: Generator,
-        default_retriever: str,
+        default_retriever: str | None = None,
     ):
+        """``default_retriever=None`` picks hybrid, else BM25, else whatever is loaded."""
+        if default_retriever is None:
+            default_retriever = next(
+                (r for r in ("hybrid", "bm25") if r in retrievers), next(iter(retrievers), "")
+            )
         if default_retriever not in retrievers:
             raise InputError(
                 f"default retriever {default_retriever!r} is not loaded"

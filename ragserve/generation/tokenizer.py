@@ -23,9 +23,12 @@ def tokenizer_identity(name: str, n_vocab: int, tokenize) -> dict[str, Any]:  # 
 class GGUFTokenizer:
     def __init__(self, model: str | Path | None = None):
         import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
 
         self.path = resolve_gguf(model)
-        self._llm = llama_cpp.Llama(model_path=str(self.path), vocab_only=True, verbose=False)
+        # llama.cpp warns on stderr about the context of a vocab-only load; nothing to act on.
+        with suppress_stdout_stderr(disable=False):
+            self._llm = llama_cpp.Llama(model_path=str(self.path), vocab_only=True, verbose=False)
         self.name = self.path.stem
 
     def tokenize(self, text: str) -> list[int]:
