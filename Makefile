@@ -47,6 +47,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m benchmarks.retrieval
+	$(BIN)/python -m benchmarks.generation
 
 clean:
 	rm -rf $(VENV) indexes/python-docs .pytest_cache .ruff_cache

@@ -208,8 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     def add_engine_flags(p: argparse.ArgumentParser) -> None:
         _add_common(p)
         p.add_argument("--index", help="index name (default: python-docs)")
-        p.add_argument("--generator", help="llama_cpp (default)")
-        p.add_argument("--model", help="GGUF path (default: the bundled Gemma 3 270M)")
+        p.add_argument("--generator", help="llama_cpp (default), openai (an upstream) or vllm")
+        p.add_argument(
+            "--model",
+            help="GGUF path for llama_cpp (default: the bundled Gemma 3"
+            " 270M); model name for openai; Hugging Face id or path for vllm",
+        )
+        p.add_argument("--upstream", help="OpenAI-compatible base URL for --generator openai")
+        p.add_argument(
+            "--tokenizer",
+            help="GGUF whose tokenizer --generator openai uses locally"
+            " (default: the bundled model's)",
+        )
         p.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
         p.add_argument("--n-threads", type=int, help="CPU threads for the model")
         p.add_argument(

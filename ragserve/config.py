@@ -24,6 +24,8 @@ class Settings:
     )
     generator: str = field(default_factory=lambda: _env("GENERATOR", "llama_cpp") or "llama_cpp")
     model: str | None = field(default_factory=lambda: _env("MODEL", None))
+    upstream: str | None = field(default_factory=lambda: _env("UPSTREAM", None))
+    tokenizer: str | None = field(default_factory=lambda: _env("TOKENIZER", None))
     n_ctx: int = field(default_factory=lambda: int(_env("N_CTX", "4096") or 4096))
     n_threads: int | None = field(
         default_factory=lambda: int(v) if (v := _env("N_THREADS", None)) else None

@@ -109,6 +109,41 @@ class LiveServer:
 
 
 @pytest.fixture(scope="session")
+def llama_upstream() -> Iterator[str]:
+    """llama.cpp's own OpenAI server (llama-cpp-python[server]) on loopback, serving the bundled
+    GGUF: a real upstream for the ``openai`` backend. Started and stopped here."""
+    import subprocess
+    import sys
+
+    from ragserve.generation.models import bundled_gguf
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()),
+         "--model_alias", "gemma-upstream", "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", "2048", "--logits_all", "true", "--verbose", "false",
+         "--interrupt_requests", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("llama_cpp.server did not start")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
 def live_server(demo_index_dir: Path) -> Iterator[LiveServer]:
     """The real server: demo index, bundled model, loaded by the app's own lifespan."""
     from ragserve.config import Settings

@@ -6,7 +6,7 @@ from ragserve.config import Settings
 from ragserve.errors import InputError
 from ragserve.generation.base import Generator
 
-BACKENDS = ("llama_cpp",)
+BACKENDS = ("llama_cpp", "openai", "vllm")
 
 
 def create_generator(settings: Settings) -> Generator:
@@ -14,4 +14,23 @@ def create_generator(settings: Settings) -> Generator:
         from ragserve.generation.llama_cpp import LlamaCppGenerator
 
         return LlamaCppGenerator(settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+    if settings.generator == "openai":
+        from ragserve.generation.openai_upstream import OpenAIUpstreamGenerator
+        from ragserve.generation.tokenizer import GGUFTokenizer
+
+        if not settings.upstream:
+            raise InputError("--generator openai needs --upstream URL (e.g. http://vllm:8000/v1)")
+        gen = OpenAIUpstreamGenerator(
+            settings.upstream,
+            model=settings.model,
+            tokenizer=GGUFTokenizer(settings.tokenizer),
+        )
+        gen.probe()
+        return gen
+    if settings.generator == "vllm":
+        from ragserve.generation.vllm import VLLMGenerator
+
+        if not settings.model:
+            raise InputError("--generator vllm needs --model (a Hugging Face id or local path)")
+        return VLLMGenerator(settings.model, max_model_len=settings.n_ctx)
     raise InputError(f"unknown generator {settings.generator!r}; choose from {', '.join(BACKENDS)}")

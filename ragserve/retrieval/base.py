@@ -7,11 +7,11 @@ and promises the ranking the full search would give.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from ragserve.errors import InputError
+from ragserve.errors import IndexMismatchError, InputError
 
 
 class Hit(NamedTuple):
@@ -48,6 +48,16 @@ def check_queries(queries: Sequence[str], k: int, size: int) -> int:
     if not isinstance(k, int) or k <= 0:
         raise InputError(f"k must be a positive integer, got {k!r}", param="k")
     return min(k, size)
+
+
+def check_identity(
+    what: str, built: dict[str, Any], loaded: dict[str, Any], keys: Sequence[str], fix: str
+) -> None:
+    """Refuse an index built with another encoder or tokenizer, naming both."""
+    b = {k: built.get(k) for k in keys}
+    got = {k: loaded.get(k) for k in keys}
+    if b != got:
+        raise IndexMismatchError(f"{what} was built with {b} but the loaded one is {got}; {fix}")
 
 
 def check_doc_ids(doc_ids: Sequence[int], size: int) -> list[int]:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ragserve.errors import IndexMismatchError, InputError
-from ragserve.retrieval.base import Hit, check_doc_ids, check_queries
+from ragserve.errors import InputError
+from ragserve.retrieval.base import Hit, check_doc_ids, check_identity, check_queries
 from ragserve.retrieval.encoders import Encoder, load_encoder
 
 DEFAULT_FACTORY = "Flat"
@@ -97,13 +97,13 @@ class DenseRetriever:
         import faiss
 
         encoder = encoder or load_encoder(params.get("precision"))
-        built = {k: params.get(k) for k in ("encoder", "precision", "dim")}
-        loaded = {k: encoder.identity().get(k) for k in built}
-        if built != loaded:
-            raise IndexMismatchError(
-                f"dense index was built with encoder {built} but the loaded encoder is {loaded};"
-                " rebuild the index or load the matching encoder"
-            )
+        check_identity(
+            "dense index encoder",
+            params,
+            encoder.identity(),
+            ("encoder", "precision", "dim"),
+            "rebuild the index or load that encoder",
+        )
         vectors = np.load(folder / "vectors.npy", mmap_mode="r")
         return cls(
             faiss.read_index(str(folder / "index.faiss")), vectors, encoder, params["factory"]

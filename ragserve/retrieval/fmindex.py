@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from ragserve.errors import IndexMismatchError, InputError
-from ragserve.retrieval.base import Hit, check_doc_ids, check_queries, top_k
+from ragserve.errors import InputError
+from ragserve.retrieval.base import Hit, check_doc_ids, check_identity, check_queries, top_k
 
 TITLE_OPEN = "\U0010fffb"
 TITLE_CLOSE = "\U0010fffc"
@@ -97,13 +97,13 @@ class FMIndexRetriever:
 
     @classmethod
     def load(cls, folder: Path, params: dict[str, Any], tokenizer: Tokenizer) -> FMIndexRetriever:
-        built = {k: params.get(k) for k in ("tokenizer", "n_vocab", "probe")}
-        loaded = {k: tokenizer.identity().get(k) for k in built}
-        if built != loaded:
-            raise IndexMismatchError(
-                f"FM-index was built with tokenizer {built} but the loaded tokenizer is {loaded};"
-                " rebuild the index with this model's tokenizer"
-            )
+        check_identity(
+            "FM-index tokenizer",
+            params,
+            tokenizer.identity(),
+            ("tokenizer", "n_vocab", "probe"),
+            "rebuild the index with this model's",
+        )
         with (folder / "fmindex.pkl").open("rb") as f:
             index = pickle.load(f)
         return cls(index, tokenizer, params)

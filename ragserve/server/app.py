@@ -13,8 +13,9 @@ from fastapi import FastAPI
 from ragserve import __version__
 from ragserve.config import Settings
 from ragserve.engine.single import Engine
+from ragserve.errors import IndexMismatchError
 from ragserve.generation.factory import create_generator
-from ragserve.indexing import LoadedIndex, load_index
+from ragserve.indexing import LoadedIndex, load_index, open_manifest
 from ragserve.retrieval.registry import with_hybrid
 from ragserve.server import errors
 from ragserve.server.limits import InFlightLimiter
@@ -27,9 +28,18 @@ log = logging.getLogger("ragserve.server")
 def load_engine(settings: Settings) -> tuple[Engine, LoadedIndex]:
     """Open the configured index and model (blocking: seconds for the model)."""
     generator = create_generator(settings)
-    index = load_index(
-        settings.index_dir, settings.index, options={"fmindex": {"tokenizer": generator}}
-    )
+    options = {"fmindex": {"tokenizer": generator}}
+    try:
+        index = load_index(settings.index_dir, settings.index, options=options)
+    except IndexMismatchError as e:
+        # The FM-index speaks another model's tokens: serve everything else, say why.
+        log.warning("not loading the FM-index: %s", e.message)
+        names = [
+            r
+            for r in open_manifest(settings.index_dir, settings.index)[1].retrievers
+            if r != "fmindex"
+        ]
+        index = load_index(settings.index_dir, settings.index, names, options)
     retrievers = with_hybrid(index.retrievers)
     engine = Engine(retrievers, index.docstore, generator, settings.retriever)
     return engine, index

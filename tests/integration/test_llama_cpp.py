@@ -99,3 +99,29 @@ def test_bad_model_paths(tmp_path) -> None:  # type: ignore[no-untyped-def]
     junk.write_bytes(b"not a model")
     with pytest.raises(InputError, match="not a GGUF file"):
         LlamaCppGenerator(junk)
+
+
+def test_concurrent_requests_interleave_and_match_sequential(
+    generator: LlamaCppGenerator,
+) -> None:
+    """Slots: a short request started beside a long one finishes first, with the same tokens."""
+    long_p, short_p = "Once upon a time there was", "The capital of France is"
+
+    async def run() -> tuple[list, list, list]:  # type: ignore[type-arg]
+        alone = [
+            (await collect(generator, p, SamplingParams(max_tokens=n)))[1]
+            for p, n in ((long_p, 60), (short_p, 4))
+        ]
+        done: list[str] = []
+
+        async def tagged(p: str, n: int) -> list[int]:
+            _, ids, _ = await collect(generator, p, SamplingParams(max_tokens=n))
+            done.append(p)
+            return ids
+
+        together = await asyncio.gather(tagged(long_p, 60), tagged(short_p, 4))
+        return alone, list(together), done
+
+    alone, together, done = asyncio.run(run())
+    assert together == alone
+    assert done == [short_p, long_p]

@@ -132,3 +132,32 @@ def test_health_and_models(live_server: LiveServer) -> None:
     assert h["status"] == "ok" and h["index"] == "python-docs" and h["passages"] > 1000
     models = httpx.get(f"{live_server.url}/v1/models", timeout=30).json()
     assert models["object"] == "list" and models["data"][0]["id"] == "ragserve"
+
+
+def test_server_on_an_openai_upstream(demo_index_dir, llama_upstream: str) -> None:  # type: ignore[no-untyped-def]
+    """``--generator openai``: retrieval here, generation on llama.cpp's own server."""
+    from ragserve.config import Settings
+    from ragserve.server.app import create_app
+
+    settings = Settings(
+        index_dir=demo_index_dir, index="python-docs", generator="openai", upstream=llama_upstream
+    )
+    with LiveServer(create_app(settings)) as server:
+        models = httpx.get(f"{server.url}/v1/models", timeout=30).json()
+        assert models["data"][1]["id"] == "gemma-upstream"
+        r = ask(server, messages=[{"role": "user", "content": QUESTION}], max_tokens=24)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["choices"][0]["message"]["content"].strip()
+        assert any("nonlocal" in c["id"] for c in body["citations"])
+        assert body["usage"]["completion_tokens"] <= 24
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_longer_than_the_context_is_a_400(live_server: LiveServer, stream: bool) -> None:
+    long_question = "What does nonlocal do? " + "word " * 3000
+    r = ask(live_server, messages=[{"role": "user", "content": long_question}], stream=stream)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded"
+    assert "tokens but the model's context window is 2048 tokens" in err["message"]

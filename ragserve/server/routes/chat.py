@@ -93,37 +93,49 @@ async def chat_completions(
     state.limiter.acquire()
     events = state.engine.run(request).__aiter__()
     try:
-        first = await anext(events)
+        # Read up to the first token, so bad input found while retrieving or reading the prompt
+        # (say, a prompt longer than the context window) is an HTTP 400, not a broken stream.
+        head: list[Event] = []
+        while not head or isinstance(head[-1], Retrieved):
+            event = await anext(events, None)
+            if event is None:
+                break
+            head.append(event)
     except BaseException:
         state.limiter.release()
         await events.aclose()
         raise
     if body.stream:
         return StreamingResponse(
-            _sse(first, events, model, state),
+            _sse(head, events, model, state),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     try:
-        return await _collect(first, events, model)
+        return await _collect(head, events, model)
     finally:
         state.limiter.release()
         await events.aclose()
 
 
-async def _collect(first: Event, events: AsyncIterator[Event], model: str) -> ChatCompletion:
+async def _replay(head: list[Event], events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    for event in head:
+        yield event
+    async for event in events:
+        yield event
+
+
+async def _collect(head: list[Event], events: AsyncIterator[Event], model: str) -> ChatCompletion:
     text: list[str] = []
     citations: list[Citation] = []
     finished: Finished | None = None
-    event: Event | None = first
-    while event is not None:
+    async for event in _replay(head, events):
         if isinstance(event, Retrieved):
             citations.extend(event.citations)
         elif isinstance(event, TokenText):
             text.append(event.text)
         elif isinstance(event, Finished):
             finished = event
-        event = await anext(events, None)
     assert finished is not None, "a strategy must end with Finished"
     return ChatCompletion(
         model=model,
@@ -139,7 +151,7 @@ async def _collect(first: Event, events: AsyncIterator[Event], model: str) -> Ch
 
 
 async def _sse(
-    first: Event, events: AsyncIterator[Event], model: str, state: ServerState
+    head: list[Event], events: AsyncIterator[Event], model: str, state: ServerState
 ) -> AsyncIterator[str]:
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -155,15 +167,13 @@ async def _sse(
 
     try:
         yield chunk(Delta(role="assistant", content=""))
-        event: Event | None = first
-        while event is not None:
+        async for event in _replay(head, events):
             if isinstance(event, Retrieved):
                 yield chunk(Delta(), citations=_citations(event.citations))
             elif isinstance(event, TokenText):
                 yield chunk(Delta(content=event.text))
             elif isinstance(event, Finished):
                 yield chunk(Delta(), finish_reason=event.finish_reason, usage=_usage(event))
-            event = await anext(events, None)
     except RagServeError as e:
         yield f"data: {json.dumps(ErrorResponse.of(e.message, e.error_type, e.param, e.code))}\n\n"
     except Exception:

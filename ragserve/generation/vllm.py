@@ -1,0 +1,140 @@
+"""vLLM in process (GPU): ``vllm.v1.engine.async_llm.AsyncLLM`` with automatic prefix caching.
+
+Imported lazily and installed only with ``pip install ragserve[vllm]``: the package and its tests
+run without vLLM. ``next_token_topk`` is a one-token generation with ``logprobs=m`` per prefix,
+all submitted at once so the engine batches them and its prefix cache shares the common prompt.
+Tokenization and the chat template come from the model's Hugging Face tokenizer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from ragserve.errors import ContextLengthError, InputError, NotFoundError
+from ragserve.generation.base import GenerationChunk, SamplingParams, TopToken, Usage
+from ragserve.generation.chat import plain_transcript
+from ragserve.generation.tokenizer import tokenizer_identity
+
+
+def _require_vllm():  # type: ignore[no-untyped-def]
+    try:
+        import vllm
+    except ImportError:
+        raise NotFoundError(
+            "the vllm backend needs vLLM and a CUDA GPU: pip install 'ragserve[vllm]'"
+        ) from None
+    return vllm
+
+
+class VLLMGenerator:
+    def __init__(
+        self,
+        model: str,
+        *,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.85,
+        tokenizer: str | None = None,
+        **engine_kwargs: Any,
+    ):
+        _require_vllm()
+        from transformers import AutoTokenizer
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(
+            model=model,
+            tokenizer=tokenizer,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=True,
+            **engine_kwargs,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
+        self.model_name = model
+        self.context_length = int(self._engine.model_config.max_model_len)
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=special))
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(token_ids))
+
+    def identity(self) -> dict[str, object]:
+        return tokenizer_identity(self.model_name, len(self._tokenizer), self.tokenize)
+
+    def chat_template(self, messages: Sequence[dict[str, str]]) -> str:
+        if getattr(self._tokenizer, "chat_template", None):
+            return self._tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+        return plain_transcript(messages)
+
+    def _prompt(self, prompt: str | Sequence[int]) -> tuple[Any, int]:
+        from vllm.inputs import TokensPrompt
+
+        ids = self.tokenize(prompt, special=True) if isinstance(prompt, str) else list(prompt)
+        if len(ids) >= self.context_length:
+            raise ContextLengthError(len(ids), self.context_length)
+        return TokensPrompt(prompt_token_ids=ids), len(ids)
+
+    def _params(self, params: SamplingParams, **extra: Any) -> Any:
+        from vllm import SamplingParams as VSP
+        from vllm.sampling_params import RequestOutputKind
+
+        return VSP(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k or -1,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+            output_kind=RequestOutputKind.DELTA,
+            **extra,
+        )
+
+    async def generate(
+        self, prompt: str | Sequence[int], params: SamplingParams
+    ) -> AsyncIterator[GenerationChunk]:
+        vprompt, n_prompt = self._prompt(prompt)
+        request_id = uuid.uuid4().hex
+        produced, finish = 0, "length"
+        try:
+            async for out in self._engine.generate(
+                request_id=request_id, prompt=vprompt, sampling_params=self._params(params)
+            ):
+                for c in out.outputs:
+                    produced += len(c.token_ids)
+                    if c.text or c.token_ids:
+                        yield GenerationChunk(c.text, list(c.token_ids))
+                    if c.finish_reason:
+                        finish = "stop" if c.finish_reason == "stop" else c.finish_reason
+        finally:
+            await self._engine.abort(request_id)
+        yield GenerationChunk("", [], finish, Usage(n_prompt, produced))
+
+    async def next_token_topk(
+        self, prefixes: Sequence[Sequence[int]], m: int
+    ) -> list[list[TopToken]]:
+        if m < 1:
+            raise InputError("m must be at least 1")
+        return list(await asyncio.gather(*(self._topk_one(p, m) for p in prefixes)))
+
+    async def _topk_one(self, prefix: Sequence[int], m: int) -> list[TopToken]:
+        vprompt, _ = self._prompt(prefix)
+        params = self._params(SamplingParams(max_tokens=1), logprobs=m)
+        last = None
+        async for out in self._engine.generate(
+            request_id=uuid.uuid4().hex, prompt=vprompt, sampling_params=params
+        ):
+            last = out
+        assert last is not None
+        top = last.outputs[0].logprobs[0]
+        ranked = sorted(top.items(), key=lambda kv: (-kv[1].logprob, kv[0]))[:m]
+        return [TopToken(int(t), float(lp.logprob)) for t, lp in ranked]
+
+    async def aclose(self) -> None:
+        self._engine.shutdown()
