@@ -50,6 +50,8 @@ def test_other_factories_reuse_the_stored_vectors(tmp_path: Path, dense: DenseRe
     assert params["factory"] == "HNSW32" and params["encoder"] == "all-MiniLM-L6-v2"
     loaded = DenseRetriever.load(tmp_path, params)
     assert loaded.search([q], 3) == hnsw.search([q], 3)
+    ivf = dense.with_factory("IVF2,Flat")  # trained on the stored vectors
+    assert ivf.search([q], 2) == dense.search([q], 2)
     with pytest.raises(InputError, match="invalid faiss factory string"):
         dense.with_factory("NotAnIndex99")
 
