@@ -100,16 +100,6 @@ class DocStore:
                 yield Passage(*row)
             last = rows[-1][0]
 
-    def ids_for_docs(self, doc_ids: Iterable[str]) -> dict[str, list[int]]:
-        """Passage ids of each source document (evaluation maps qrels through this)."""
-        wanted = set(doc_ids)
-        out: dict[str, list[int]] = {d: [] for d in wanted}
-        with self._lock:
-            for pid, doc in self._conn.execute("SELECT id, doc_id FROM passages ORDER BY id"):
-                if doc in wanted:
-                    out[doc].append(pid)
-        return out
-
     def doc_ids(self) -> list[str]:
         """Source document id of every passage, indexed by passage id."""
         with self._lock:

@@ -69,26 +69,6 @@ def check_doc_ids(doc_ids: Sequence[int], size: int) -> list[int]:
     return ids
 
 
-def top_k_rows(scores: np.ndarray, k: int) -> list[list[Hit]]:
-    """``top_k`` for every row of a (queries × passages) matrix, vectorised where ties allow."""
-    n = scores.shape[1]
-    k = min(k, n)
-    if k == n:
-        return [top_k(row, k) for row in scores]
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(scores, part, axis=1)
-    # A row is simple when exactly k passages reach its k-th score (no tie across the cut).
-    simple = (scores >= vals.min(axis=1, keepdims=True)).sum(axis=1) == k
-    out = []
-    for i in range(len(scores)):
-        if not simple[i]:
-            out.append(top_k(scores[i], k))
-            continue
-        order = np.lexsort((part[i], -vals[i]))
-        out.append([Hit(int(part[i, j]), float(vals[i, j])) for j in order])
-    return out
-
-
 def top_k(scores: Sequence[float], k: int) -> list[Hit]:
     """Best ``k`` of a full score vector, ties broken by lower id, as every retriever orders."""
     arr = np.asarray(scores)
