@@ -34,6 +34,9 @@ CORPUS = [
 ]  # fmt: skip
 
 
+TEXTS = [f"{r['title']}\n{r['text']}" for r in CORPUS]  # as retrievers see passages
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path

@@ -11,6 +11,7 @@ the upstream batches them. Tokenization uses the upstream's endpoint when it has
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
@@ -104,21 +105,36 @@ class OpenAIUpstreamGenerator:
 
     # -- HTTP with retries --
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    @contextlib.asynccontextmanager
+    async def _exchange(
+        self, method: str, url: str, **kwargs: Any
+    ) -> AsyncIterator[httpx.Response]:
+        """One request, retried on 429/503 (honouring ``Retry-After``), errors mapped to ours.
+
+        The response is streamed, so a body read by the caller inside the block gets the same
+        error mapping.
+        """
         for attempt in range(self._max_retries + 1):
             try:
-                r = await self._client.request(method, url, **kwargs)
+                async with self._client.stream(method, url, **kwargs) as r:
+                    if r.status_code in RETRY_STATUS and attempt < self._max_retries:
+                        await r.aread()
+                        await asyncio.sleep(_retry_delay(r, attempt))
+                        continue
+                    if r.status_code >= 400:
+                        await r.aread()
+                        raise _request_error(r, url)
+                    yield r
+                    return
             except httpx.TimeoutException:
                 raise UpstreamError(f"upstream {url} timed out") from None
             except httpx.HTTPError as e:
                 raise UpstreamError(f"upstream {url} unreachable: {type(e).__name__}") from None
-            if r.status_code in RETRY_STATUS and attempt < self._max_retries:
-                await asyncio.sleep(_retry_delay(r, attempt))
-                continue
-            if r.status_code >= 400:
-                raise UpstreamError(f"upstream {url} answered {r.status_code}: {_message(r)}")
+
+    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async with self._exchange(method, url, **kwargs) as r:
+            await r.aread()
             return r
-        raise AssertionError("unreachable")
 
     # -- tokens --
 
@@ -197,24 +213,9 @@ class OpenAIUpstreamGenerator:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        url = f"{self.base_url}/completions"
-        for attempt in range(self._max_retries + 1):
-            try:
-                async with self._client.stream("POST", url, json=body) as r:
-                    if r.status_code in RETRY_STATUS and attempt < self._max_retries:
-                        await r.aread()
-                        await asyncio.sleep(_retry_delay(r, attempt))
-                        continue
-                    if r.status_code >= 400:
-                        await r.aread()
-                        raise _request_error(r, url)
-                    async for chunk in self._parse_stream(r, prompt):
-                        yield chunk
-                    return
-            except httpx.TimeoutException:
-                raise UpstreamError(f"upstream {url} timed out") from None
-            except httpx.HTTPError as e:
-                raise UpstreamError(f"upstream {url} unreachable: {type(e).__name__}") from None
+        async with self._exchange("POST", f"{self.base_url}/completions", json=body) as r:
+            async for chunk in self._parse_stream(r, prompt):
+                yield chunk
 
     async def _parse_stream(
         self, r: httpx.Response, prompt: str | Sequence[int]

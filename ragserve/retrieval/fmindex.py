@@ -134,16 +134,17 @@ class FMIndexRetriever:
         seen: set[str] = set()
         out = []
         for i in range(len(tokens)):
-            best = ""
+            best, occurrences = "", 0
             for n in range(1, min(MAX_NGRAM, len(tokens) - i) + 1):
                 pattern = encode(tokens[i : i + n])
-                if self._index.count_all(pattern) == 0:  # MultiFMIndex.contains is whole-doc
+                found = self._index.count_all(pattern)  # MultiFMIndex.contains is whole-doc
+                if found == 0:
                     break
-                best = pattern
+                best, occurrences = pattern, found
             if not best or best in seen:
                 continue
             seen.add(best)
-            if self._index.count_all(best) > MAX_POSTINGS * 4:
+            if occurrences > MAX_POSTINGS * 4:
                 continue
             postings = self._index.count(best)
             if len(postings) > MAX_POSTINGS:

@@ -4,9 +4,7 @@ import pytest
 
 from ragserve.errors import InputError
 from ragserve.retrieval.bm25 import BM25Retriever
-from tests.conftest import CORPUS
-
-TEXTS = [f"{r['title']}\n{r['text']}" for r in CORPUS]
+from tests.conftest import TEXTS
 
 
 @pytest.fixture(scope="module")

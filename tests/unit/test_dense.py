@@ -8,9 +8,7 @@ import pytest
 from ragserve.errors import IndexMismatchError, InputError
 from ragserve.retrieval.dense import DenseRetriever
 from ragserve.retrieval.encoders import load_encoder
-from tests.conftest import CORPUS
-
-TEXTS = [f"{r['title']}\n{r['text']}" for r in CORPUS]
+from tests.conftest import TEXTS
 
 
 @pytest.fixture(scope="module")

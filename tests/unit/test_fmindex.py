@@ -8,9 +8,7 @@ import pytest
 from ragserve.errors import IndexMismatchError
 from ragserve.generation.tokenizer import GGUFTokenizer
 from ragserve.retrieval.fmindex import FMIndexRetriever
-from tests.conftest import CORPUS
-
-TEXTS = [f"{r['title']}\n{r['text']}" for r in CORPUS]
+from tests.conftest import CORPUS, TEXTS
 
 
 @pytest.fixture(scope="module")

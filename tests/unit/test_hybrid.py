@@ -3,9 +3,7 @@ import pytest
 from ragserve.retrieval.bm25 import BM25Retriever
 from ragserve.retrieval.dense import DenseRetriever
 from ragserve.retrieval.hybrid import RRF_K, HybridRetriever
-from tests.conftest import CORPUS
-
-TEXTS = [f"{r['title']}\n{r['text']}" for r in CORPUS]
+from tests.conftest import TEXTS
 
 
 @pytest.fixture(scope="module")
