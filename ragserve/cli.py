@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--model",
             help="GGUF path for llama_cpp (default: the bundled Gemma 3"
-            " 270M); model name for openai; Hugging Face id or path for vllm",
+            " 270M); model name for openai; Hugging Face id or folder for vllm (default: the"
+            " bundled model, exported once to a Hugging Face folder)",
         )
         p.add_argument("--upstream", help="OpenAI-compatible base URL for --generator openai")
         p.add_argument(

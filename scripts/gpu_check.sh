@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # GPU check for the vLLM backend, run on a lent GPU machine (never in CI):
-#   1. vLLM from wheels: already importable, or installed from .whl/ (carried with the tree);
-#   2. the model: $GPU_CHECK_MODEL if set (a local Hugging Face folder), else the bundled
-#      Gemma 3 270M GGUF through vLLM's GGUF loader (tokenizer: $GPU_CHECK_TOKENIZER);
-#   3. the GPU-marked tests (tests/gpu), then a short throughput run;
+#   1. vLLM: already importable, or installed from wheels carried in .whl/ (see below);
+#   2. the model: $RAGSERVE_VLLM_MODEL if set (a local Hugging Face folder), else the bundled
+#      Gemma 3 270M GGUF exported to a Hugging Face folder (needs the gguf wheel);
+#   3. tests/vllm (the same tests `make test` runs on vLLM's CPU build), then a throughput run;
 # everything it prints and measures goes to $OUT (default: a temporary folder).
+#
+# Wheels: the device machines have torch but no vLLM and no network. Download on a networked
+# machine, into .whl/ (ignored by git, named in the device call's `carry`), vLLM's wheel and the
+# requirements the device lacks, for its Python and torch (see ../.library/device/README.md):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_28_x86_64 -d .whl vllm==X gguf ...
+# A vLLM wheel is over 300 MB and pins one torch version; a device call carries at most 64 MiB.
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
 PY=${PYTHON:-python3}
@@ -12,11 +19,9 @@ cd "$(dirname "$0")/.."
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 
 echo "== machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-if ! $PY -c "import vllm" 2>/dev/null; then
-  if ls .whl/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-  fi
+if ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 if ! $PY -c "import vllm; print('vllm', vllm.__version__)"; then
   echo "vLLM is not importable here and no wheels were carried in .whl/: nothing to check."
@@ -24,16 +29,14 @@ if ! $PY -c "import vllm; print('vllm', vllm.__version__)"; then
   exit 2
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
-if [ -z "${GPU_CHECK_MODEL:-}" ]; then
-  GPU_CHECK_MODEL=$($PY -c "from ragserve.generation.models import bundled_gguf; print(bundled_gguf())")
-fi
-export GPU_CHECK_MODEL
-echo "== model: $GPU_CHECK_MODEL"
 
 echo "== tests"
-$PY -m pytest -q -m gpu tests/gpu -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log"
+$PY -m pytest -q tests/vllm -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log"
 status=${PIPESTATUS[0]}
 
 echo "== throughput"
-$PY -m benchmarks.generation_gpu --model "$GPU_CHECK_MODEL" --json "$OUT/gpu_throughput.json"
+model_flag=()
+[ -n "${RAGSERVE_VLLM_MODEL:-}" ] && model_flag=(--model "$RAGSERVE_VLLM_MODEL")
+$PY -m benchmarks.generation_vllm "${model_flag[@]}" --streams 64 --max-tokens 128 \
+  --json "$OUT/gpu_throughput.json"
 exit $status

@@ -30,7 +30,6 @@ def create_generator(settings: Settings) -> Generator:
     if settings.generator == "vllm":
         from ragserve.generation.vllm import VLLMGenerator
 
-        if not settings.model:
-            raise InputError("--generator vllm needs --model (a Hugging Face id or local path)")
+        # No --model: the bundled GGUF, exported once to a Hugging Face folder.
         return VLLMGenerator(settings.model, max_model_len=settings.n_ctx)
     raise InputError(f"unknown generator {settings.generator!r}; choose from {', '.join(BACKENDS)}")

