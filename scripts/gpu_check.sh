@@ -37,6 +37,6 @@ status=${PIPESTATUS[0]}
 echo "== throughput"
 model_flag=()
 [ -n "${RAGSERVE_VLLM_MODEL:-}" ] && model_flag=(--model "$RAGSERVE_VLLM_MODEL")
-$PY -m benchmarks.generation_vllm "${model_flag[@]}" --streams 64 --max-tokens 128 \
+$PY -m benchmarks.generation_vllm "${model_flag[@]}" --streams 64 --max-tokens 128 --also-fast \
   --json "$OUT/gpu_throughput.json"
 exit $status

@@ -8,7 +8,7 @@ tokenizer. With no model named, it serves the bundled GGUF exported to a Hugging
 
 Speculation and iterative retrieval compare greedy continuations token for token, so by default
 the engine is made batch-invariant: ``VLLM_BATCH_INVARIANT=1`` on CUDA, float32 on CPU (where
-bf16 changed 4 of 100 greedy continuations with the batch around them).
+bf16 log-probabilities move with the batch around a request; see the vLLM benchmark).
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ class VLLMGenerator:
             engine_kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
             if deterministic:
                 engine_kwargs.setdefault("dtype", "float32")
-        elif deterministic:
-            # Read by the engine's worker processes, which inherit the environment.
-            os.environ.setdefault("VLLM_BATCH_INVARIANT", "1")
+        else:
+            # Read by the engine's worker processes, which inherit the environment at start.
+            os.environ["VLLM_BATCH_INVARIANT"] = "1" if deterministic else "0"
         args = AsyncEngineArgs(
             model=model,
             tokenizer=tokenizer,
