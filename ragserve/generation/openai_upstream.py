@@ -5,7 +5,8 @@ with a clear error; 429/503 are retried honouring ``Retry-After``. Prompts go to
 ``/v1/completions`` as text or token ids (so ragserve controls the prompt format), and
 ``next_token_topk`` is a ``max_tokens=1, logprobs=m`` completion per prefix, sent concurrently so
 the upstream batches them. Tokenization uses the upstream's endpoint when it has one (vLLM's
-``/tokenize``, llama.cpp's ``/extras/tokenize``), else a local tokenizer.
+``/tokenize``, llama.cpp's ``/extras/tokenize``), else a local tokenizer. Where the upstream names
+tokens by id (vLLM), streamed chunks carry the exact token ids, as the in-process backends' do.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class OpenAIUpstreamGenerator:
         self.context_length = context_length or 0
         self._tokenize_path: str | None = None
         self._token_prompts = True
+        self._ids_in_stream = False
         self._pieces: dict[str, int] | None = None
 
     def probe(self) -> None:
@@ -84,12 +86,15 @@ class OpenAIUpstreamGenerator:
                 card = card or models[0]
                 self.model_name = card["id"]
                 self.context_length = self.context_length or int(card.get("max_model_len") or 2048)
-                # Token-id prompts (vLLM) or text only (llama.cpp's Python server)?
+                # Token-id prompts (vLLM) or text only (llama.cpp's Python server)? And does it
+                # name tokens by id (vLLM's return_tokens_as_token_ids), so streams carry ids?
                 t = client.post(
                     f"{self.base_url}/completions",
-                    json={"model": self.model_name, "prompt": [1], "max_tokens": 1},
-                )
+                    json={"model": self.model_name, "prompt": [1], "max_tokens": 1,
+                          **_IDS_IN_LOGPROBS},
+                )  # fmt: skip
                 self._token_prompts = t.status_code == 200
+                self._ids_in_stream = self._token_prompts and _names_ids(t.json())
                 for path in ("/tokenize", "/extras/tokenize"):
                     t = client.post(
                         f"{self.root_url}{path}",
@@ -192,6 +197,8 @@ class OpenAIUpstreamGenerator:
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if self._ids_in_stream:
+            body.update(_IDS_IN_LOGPROBS)
         return body
 
     def _prompt(self, prompt: str | Sequence[int]) -> str | list[int]:
@@ -235,9 +242,10 @@ class OpenAIUpstreamGenerator:
                 usage = Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0))
             for choice in event.get("choices") or []:
                 text = choice.get("text") or ""
-                if text:
-                    produced += 1
-                    yield GenerationChunk(text)
+                ids = _stream_ids(choice) if self._ids_in_stream else []
+                if text or ids:
+                    produced += len(ids) or 1
+                    yield GenerationChunk(text, ids)
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
         if usage is None:
@@ -285,6 +293,23 @@ class OpenAIUpstreamGenerator:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+# The sampled token's log-probability only, named ``token_id:N``: exact token ids at no cost.
+_IDS_IN_LOGPROBS = {"logprobs": 0, "return_tokens_as_token_ids": True}
+
+
+def _stream_ids(choice: dict[str, Any]) -> list[int]:
+    tokens = (choice.get("logprobs") or {}).get("tokens") or []
+    return [int(str(t).split(":", 1)[1]) for t in tokens]
+
+
+def _names_ids(data: dict[str, Any]) -> bool:
+    try:
+        tokens = data["choices"][0]["logprobs"]["tokens"]
+    except (KeyError, IndexError, TypeError):
+        return False
+    return bool(tokens) and all(str(t).startswith("token_id:") for t in tokens)
 
 
 def _retry_delay(r: httpx.Response, attempt: int) -> float:
