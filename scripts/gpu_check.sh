@@ -11,7 +11,10 @@
 # requirements the device lacks, for its Python and torch (see ../.library/device/README.md):
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux_2_28_x86_64 -d .whl vllm==X gguf ...
-# A vLLM wheel is over 300 MB and pins one torch version; a device call carries at most 64 MiB.
+# Each vLLM wheel pins one torch: vLLM 0.26.x is the newest pinning the device image's torch 2.11.0
+# (CUDA 13), and its wheel is 289 MiB, while a device call carries at most 64 MiB. So the wheels
+# must travel in pieces over consecutive calls to one warm machine (joined under /tmp there), or
+# the device image must gain vLLM.
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
 PY=${PYTHON:-python3}
