@@ -88,13 +88,14 @@ class OpenAIUpstreamGenerator:
                 self.context_length = self.context_length or int(card.get("max_model_len") or 2048)
                 # Token-id prompts (vLLM) or text only (llama.cpp's Python server)? And does it
                 # name tokens by id (vLLM's return_tokens_as_token_ids), so streams carry ids?
-                t = client.post(
-                    f"{self.base_url}/completions",
-                    json={"model": self.model_name, "prompt": [1], "max_tokens": 1,
-                          **_IDS_IN_LOGPROBS},
-                )  # fmt: skip
+                probe = {"model": self.model_name, "prompt": [1], "max_tokens": 1}
+                t = client.post(f"{self.base_url}/completions", json=probe)
                 self._token_prompts = t.status_code == 200
-                self._ids_in_stream = self._token_prompts and _names_ids(t.json())
+                if self._token_prompts:
+                    t = client.post(
+                        f"{self.base_url}/completions", json={**probe, **_IDS_IN_LOGPROBS}
+                    )
+                    self._ids_in_stream = t.status_code == 200 and _names_ids(t.json())
                 for path in ("/tokenize", "/extras/tokenize"):
                     t = client.post(
                         f"{self.root_url}{path}",
