@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ragserve.errors import NotFoundError
+from ragserve.errors import InputError, NotFoundError
 from ragserve.generation.models import resolve_gguf
 
 MARKER = "ragserve-export.json"
@@ -56,11 +56,14 @@ def export_hf(gguf: str | Path | None = None, *, root: Path | None = None) -> Pa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, dtype=torch.float32
+            )
+        except Exception as e:  # a damaged file or an architecture transformers cannot convert
+            raise InputError(f"cannot export {path} for vLLM: {type(e).__name__}: {e}") from e
         tok.add_bos_token = True  # GGUF models expect BOS; the converted tokenizer drops it
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        )
         # The weights are dequantized already; transformers still tags the model as GGUF-quantized
         # and refuses to save it, so the tag goes.
         model.hf_quantizer = None

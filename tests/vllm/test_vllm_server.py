@@ -81,3 +81,15 @@ def test_unknown_model_folder_is_refused_without_download(tmp_path: Path) -> Non
         VLLMGenerator(str(tmp_path / "no-such-model"))
     with pytest.raises(NotFoundError, match="never downloads"):
         VLLMGenerator("no-such-org/no-such-model")
+
+
+def test_damaged_gguf_is_refused_and_leaves_no_export(tmp_path: Path) -> None:
+    from ragserve.errors import InputError
+    from ragserve.generation.hf_export import export_hf
+
+    bad = tmp_path / "damaged.gguf"
+    bad.write_bytes(b"GGUF" + bytes(range(256)) * 64)  # the magic, then nothing valid
+    root = tmp_path / "exports"
+    with pytest.raises(InputError, match=r"cannot export .*damaged\.gguf"):
+        export_hf(bad, root=root)
+    assert list(root.iterdir()) == []  # no half-written folder for a later run to load
