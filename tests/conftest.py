@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -116,22 +117,30 @@ class LiveServer:
 def llama_upstream() -> Iterator[str]:
     """llama.cpp's own OpenAI server (llama-cpp-python[server]) on loopback, serving the bundled
     GGUF: a real upstream for the ``openai`` backend. Started and stopped here."""
-    import subprocess
     import sys
 
     from ragserve.generation.models import bundled_gguf
 
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()),
-         "--model_alias", "gemma-upstream", "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", "2048", "--logits_all", "true", "--verbose", "false",
-         "--interrupt_requests", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(bundled_gguf()),
+           "--model_alias", "gemma-upstream", "--host", "127.0.0.1", "--port", str(port),
+           "--n_ctx", "2048", "--logits_all", "true", "--verbose", "false",
+           "--interrupt_requests", "false"]  # fmt: skip
+    with upstream_process(cmd, f"http://127.0.0.1:{port}", timeout=90) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def upstream_process(
+    cmd: list[str], url: str, *, timeout: float, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """Run an OpenAI-compatible server process on loopback until the block ends; ``url`` is its
+    root, ready once ``/v1/models`` answers."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
@@ -139,12 +148,12 @@ def llama_upstream() -> Iterator[str]:
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("llama_cpp.server did not start")
+                raise RuntimeError(f"{cmd[2]} did not start")
             time.sleep(0.2)
         yield url
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -7,22 +7,16 @@ it on CUDA. In the main environment vLLM is absent and the module is skipped wit
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 from collections.abc import Iterator
 
 import pytest
 
-pytestmark = pytest.mark.vllm
+from ragserve.errors import ContextLengthError
+from ragserve.generation.base import SamplingParams
+from tests.vllm import needs_vllm
 
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip(
-        "vLLM is not installed here; `make test` runs these tests in .venv-vllm",
-        allow_module_level=True,
-    )
-
-from ragserve.errors import ContextLengthError  # noqa: E402
-from ragserve.generation.base import SamplingParams  # noqa: E402
+pytestmark = needs_vllm
 
 
 class Runner:

@@ -5,7 +5,6 @@ Runs where ``tests/vllm/test_vllm.py`` runs (``.venv-vllm`` or a GPU machine).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,14 +12,9 @@ import httpx
 import pytest
 
 from tests.conftest import CORPUS, LiveServer
+from tests.vllm import needs_vllm
 
-pytestmark = pytest.mark.vllm
-
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip(
-        "vLLM is not installed here; `make test` runs these tests in .venv-vllm",
-        allow_module_level=True,
-    )
+pytestmark = needs_vllm
 
 
 @pytest.fixture(scope="module")

@@ -7,28 +7,19 @@ Runs where ``tests/vllm/test_vllm.py`` runs (``.venv-vllm`` or a GPU machine).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from ragserve.generation.base import SamplingParams
+from ragserve.generation.openai_upstream import OpenAIUpstreamGenerator
+from tests.conftest import free_port, upstream_process
+from tests.vllm import needs_vllm
 
-pytestmark = pytest.mark.vllm
-
-if importlib.util.find_spec("vllm") is None:
-    pytest.skip(
-        "vLLM is not installed here; `make test` runs these tests in .venv-vllm",
-        allow_module_level=True,
-    )
-
-from ragserve.generation.base import SamplingParams  # noqa: E402
-from ragserve.generation.openai_upstream import OpenAIUpstreamGenerator  # noqa: E402
+pytestmark = needs_vllm
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +37,9 @@ def vllm_upstream() -> Iterator[str]:
         cmd += ["--dtype", "float32", "--enforce-eager", "--kv-cache-memory-bytes", str(1 << 30)]
     else:
         env["VLLM_BATCH_INVARIANT"] = "1"
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("vLLM's OpenAI server did not start")
-            time.sleep(1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    root = f"http://127.0.0.1:{port}"
+    with upstream_process(cmd, root, timeout=600, env=env):
+        yield f"{root}/v1"
 
 
 @pytest.fixture
