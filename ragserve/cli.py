@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -232,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default: 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default: 8000)")
     s.add_argument("--max-queued", type=int, help="requests in flight before 503 (default: 64)")
+    s.add_argument(
+        "--max-body-bytes", type=int, help="larger request bodies get 413 (default: 1048576)"
+    )
     s.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("eval", help="measure retrieval (and later answers) on evaluation data")
@@ -254,13 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C so that an index build removes its work folder."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)  # `serve` replaces it with uvicorn's own
     try:
         return int(args.func(args))
     except RagServeError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -36,6 +36,10 @@ class Settings:
     top_k: int = 4
     max_tokens: int = 256
     max_queued: int = field(default_factory=lambda: int(_env("MAX_QUEUED", "64") or 64))
+    # 1 MiB holds a prompt many times the size of any context window this server runs.
+    max_body_bytes: int = field(
+        default_factory=lambda: int(_env("MAX_BODY_BYTES", str(1 << 20)) or 1 << 20)
+    )
     model_alias: str = "ragserve"
 
     def with_overrides(self, **overrides: Any) -> Settings:

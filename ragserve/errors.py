@@ -43,6 +43,12 @@ class ContextLengthError(InputError):
         self.context = context
 
 
+class PayloadTooLargeError(RagServeError):
+    """A request body over the server's size limit."""
+
+    status_code = 413
+
+
 class IndexMismatchError(RagServeError):
     """An index was built with another encoder or tokenizer than the one loaded."""
 

@@ -11,8 +11,8 @@ import json
 import os
 import platform
 import re
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -94,8 +94,12 @@ def build_index(
     options = _with_default_tokenizer(retriever_options or {}, [k.name for k in kinds])
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)
     started = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=root))
+    # mkdir (not mkdtemp, which makes 0700) so the folder gets the umask's permissions and a
+    # server running as another user can read it; the pid in the name marks whose it is.
+    tmp = root / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
     try:
         docs = list(tqdm(documents, desc="read corpus", unit="doc", disable=not progress))
         passages = list(chunk_documents(docs, chunking))
@@ -159,6 +163,33 @@ def documents_checksum(docs: Sequence[Document]) -> str:
     return h.hexdigest()
 
 
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)(?:-[0-9a-f]+)?$")
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the hidden work folders of builds whose process is gone (killed with -9, or the
+    machine went down); a live build's folders are left alone."""
+    removed = []
+    for p in Path(root).iterdir():
+        m = _TEMPORARY.match(p.name)
+        if m and p.is_dir() and not _alive(int(m["pid"])):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def _swap_into_place(tmp: Path, final: Path) -> None:
     """Replace ``final`` with ``tmp``; the old folder is kept until the new one is in place."""
     old = None
@@ -198,7 +229,11 @@ def list_indexes(root: Path) -> list[str]:
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").is_file())
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if _NAME.match(p.name) and (p / "manifest.json").is_file()  # never a hidden work folder
+    )
 
 
 def load_index(

@@ -36,7 +36,9 @@ def load_corpus(path: str | Path) -> Iterator[Document]:
                 continue
             where = f"{p}:{lineno}"
             try:
-                record = json.loads(line)
+                # Without its newline, an error at the end of the line is reported there, not
+                # at column 1 of a line that does not exist.
+                record = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise InputError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict):

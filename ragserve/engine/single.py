@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
@@ -13,6 +14,12 @@ from ragserve.engine.request import RagRequest
 from ragserve.errors import InputError
 from ragserve.generation.base import Generator
 from ragserve.retrieval.base import Retriever
+
+log = logging.getLogger("ragserve.engine")
+
+# No tokenizer we know packs more characters into one token on average over a whole prompt, so
+# a prompt with more characters than this times the context cannot fit: refused untokenized.
+MAX_CHARS_PER_TOKEN = 32
 
 
 class Engine:
@@ -58,12 +65,55 @@ class Engine:
             for i, (h, p) in enumerate(zip(hits, passages, strict=True))
         ]
 
+    def check_size(self, request: RagRequest) -> None:
+        """Refuse a prompt that cannot fit by its characters alone, before tokenizing it."""
+        chars = sum(len(m["content"]) for m in request.messages)
+        limit = self.generator.context_length * MAX_CHARS_PER_TOKEN
+        if chars > limit:
+            raise InputError(
+                f"messages hold {chars} characters, more than a"
+                f" {self.generator.context_length}-token context window can take",
+                param="messages",
+                code="context_length_exceeded",
+            )
+
+    async def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        prompt = self.generator.chat_template(messages)
+        return len(await asyncio.to_thread(self.generator.tokenize, prompt, special=True))
+
+    async def fit_passages(
+        self, request: RagRequest, citations: list[Citation]
+    ) -> tuple[list[dict[str, str]], list[Citation]]:
+        """The prompt with as many of ``citations`` as leave room for ``max_tokens`` of answer."""
+        room = self.generator.context_length - request.params.max_tokens
+
+        async def fits(n: int) -> bool:
+            return await self._prompt_tokens(rag_messages(request.messages, citations[:n])) <= room
+
+        n = len(citations)
+        if not await fits(n):
+            lo, hi = 0, n - 1  # the largest count that fits, by bisection
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if await fits(mid) else (lo, mid - 1)
+            n = lo
+            if n == 0 or not await fits(n):
+                raise InputError(
+                    f"the messages and max_tokens={request.params.max_tokens} leave no room for"
+                    f" a passage in the {self.generator.context_length}-token context window",
+                    param="messages" if request.params.fit_context else "max_tokens",
+                    code="context_length_exceeded",
+                )
+            log.info("kept %d of %d passages to fit the context window", n, len(citations))
+        return rag_messages(request.messages, citations[:n]), citations[:n]
+
     async def run(self, request: RagRequest) -> AsyncIterator[Event]:
+        self.check_size(request)
         messages, params = request.messages, request.params
         if request.rag.strategy == "single":
             citations = await self.retrieve(request.question, request.rag.k, request.rag.retriever)
+            messages, citations = await self.fit_passages(request, citations)
             yield Retrieved(request.question, citations)
-            messages = rag_messages(messages, citations)
             params = replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP))))
         prompt = self.generator.chat_template(messages)
         started = False

@@ -10,12 +10,19 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ragserve.errors import InputError
+from ragserve.errors import ContextLengthError, InputError
+
+# Temperatures below this are greedy (as in vLLM): dividing logits by 1e-308 overflows to NaN.
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """OpenAI-style sampling knobs; the defaults are greedy."""
+    """OpenAI-style sampling knobs; the defaults are greedy.
+
+    ``fit_context``: ``max_tokens`` is a default that shrinks to the context left after the
+    prompt. Off, as for a ``max_tokens`` a client asked for, a request that cannot fit is refused.
+    """
 
     max_tokens: int = 256
     temperature: float = 0.0
@@ -23,6 +30,7 @@ class SamplingParams:
     top_k: int = 0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    fit_context: bool = True
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -33,10 +41,29 @@ class SamplingParams:
             raise InputError("top_p must be in (0, 1]", param="top_p")
         if self.top_k < 0:
             raise InputError("top_k must be non-negative", param="top_k")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**63:
+            raise InputError("seed must be a 64-bit integer", param="seed")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_TEMPERATURE
+
+
+def completion_budget(params: SamplingParams, prompt_tokens: int, context: int) -> int:
+    """Tokens a completion may produce after a prompt of ``prompt_tokens``; raises if none fit."""
+    if prompt_tokens >= context:
+        raise ContextLengthError(prompt_tokens, context)
+    left = context - prompt_tokens
+    if params.fit_context:
+        return min(params.max_tokens, left)
+    if params.max_tokens > left:
+        raise InputError(
+            f"max_tokens is {params.max_tokens} but the {prompt_tokens}-token prompt leaves"
+            f" {left} of the model's {context}-token context window",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return params.max_tokens
 
 
 @dataclass(frozen=True)

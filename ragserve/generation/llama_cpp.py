@@ -29,7 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from ragserve.errors import ContextLengthError, InputError
-from ragserve.generation.base import GenerationChunk, SamplingParams, TopToken, Usage
+from ragserve.generation.base import (
+    GenerationChunk,
+    SamplingParams,
+    TopToken,
+    Usage,
+    completion_budget,
+)
 from ragserve.generation.chat import plain_transcript, render_jinja
 from ragserve.generation.models import resolve_gguf
 from ragserve.generation.sampling import Sampler, top_tokens
@@ -200,10 +206,9 @@ class LlamaCppGenerator:
     async def generate(
         self, prompt: str | Sequence[int], params: SamplingParams
     ) -> AsyncIterator[GenerationChunk]:
-        ids = self._prompt_ids(prompt)
-        if len(ids) >= self.context_length:
-            raise ContextLengthError(len(ids), self.context_length)
-        budget = min(params.max_tokens, self.context_length - len(ids))
+        # Tokenizing a long prompt takes milliseconds: off the event loop.
+        ids = await asyncio.to_thread(self._prompt_ids, prompt)
+        budget = completion_budget(params, len(ids), self.context_length)
         sample = Sampler(params)
         stream = StopTextStream(params.stop)
         produced = 0

@@ -21,7 +21,13 @@ from typing import Any
 import httpx
 
 from ragserve.errors import ContextLengthError, InputError, UpstreamError
-from ragserve.generation.base import GenerationChunk, SamplingParams, TopToken, Usage
+from ragserve.generation.base import (
+    GenerationChunk,
+    SamplingParams,
+    TopToken,
+    Usage,
+    completion_budget,
+)
 from ragserve.generation.chat import plain_transcript
 
 RETRY_STATUS = (429, 503)
@@ -185,11 +191,14 @@ class OpenAIUpstreamGenerator:
     # -- generation --
 
     def _body(self, prompt: str | Sequence[int], params: SamplingParams) -> dict[str, Any]:
+        max_tokens = params.max_tokens
+        if not isinstance(prompt, str):  # a text prompt's length is the upstream's to check
+            max_tokens = completion_budget(params, len(prompt), self.context_length)
         body: dict[str, Any] = {
             "model": self.model_name,
             "prompt": self._prompt(prompt),
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
+            "max_tokens": max_tokens,
+            "temperature": 0.0 if params.greedy else params.temperature,
             "top_p": params.top_p,
         }
         if params.top_k:

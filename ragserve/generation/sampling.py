@@ -30,7 +30,9 @@ class Sampler:
 
     def __init__(self, params: SamplingParams):
         self.params = params
-        self._rng = np.random.default_rng(params.seed)
+        # Any 64-bit seed (OpenAI takes negative ones); numpy wants it non-negative.
+        seed = None if params.seed is None else params.seed % 2**64
+        self._rng = np.random.default_rng(seed)
 
     def __call__(self, logits: np.ndarray) -> int:
         p = self.params
@@ -41,7 +43,10 @@ class Sampler:
             k = min(p.top_k, len(x))
             cutoff = np.partition(x, -k)[-k]
             x = np.where(x >= cutoff, x, -np.inf)
-        probs = np.exp(x - x.max())
+        top = x.max()
+        if not np.isfinite(top):
+            return int(np.argmax(logits))
+        probs = np.exp(x - top)
         probs /= probs.sum()
         if p.top_p < 1.0:
             order = np.argsort(-probs, kind="stable")

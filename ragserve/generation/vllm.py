@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from ragserve.errors import ContextLengthError, InputError, NotFoundError
-from ragserve.generation.base import GenerationChunk, SamplingParams, TopToken, Usage
+from ragserve.generation.base import (
+    GenerationChunk,
+    SamplingParams,
+    TopToken,
+    Usage,
+    completion_budget,
+)
 from ragserve.generation.chat import plain_transcript
 from ragserve.generation.tokenizer import tokenizer_identity
 
@@ -133,13 +139,13 @@ class VLLMGenerator:
             raise ContextLengthError(len(ids), self.context_length)
         return TokensPrompt(prompt_token_ids=ids), len(ids)
 
-    def _params(self, params: SamplingParams, **extra: Any) -> Any:
+    def _params(self, params: SamplingParams, n_prompt: int, **extra: Any) -> Any:
         from vllm import SamplingParams as VSP
         from vllm.sampling_params import RequestOutputKind
 
         return VSP(
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
+            max_tokens=completion_budget(params, n_prompt, self.context_length),
+            temperature=0.0 if params.greedy else params.temperature,
             top_p=params.top_p,
             top_k=params.top_k or -1,
             stop=list(params.stop) or None,
@@ -156,7 +162,9 @@ class VLLMGenerator:
         produced, finish = 0, "length"
         try:
             async for out in self._engine.generate(
-                request_id=request_id, prompt=vprompt, sampling_params=self._params(params)
+                request_id=request_id,
+                prompt=vprompt,
+                sampling_params=self._params(params, n_prompt),
             ):
                 for c in out.outputs:
                     produced += len(c.token_ids)
@@ -176,8 +184,8 @@ class VLLMGenerator:
         return list(await asyncio.gather(*(self._topk_one(p, m) for p in prefixes)))
 
     async def _topk_one(self, prefix: Sequence[int], m: int) -> list[TopToken]:
-        vprompt, _ = self._prompt(prefix)
-        params = self._params(SamplingParams(max_tokens=1), logprobs=m)
+        vprompt, n_prompt = self._prompt(prefix)
+        params = self._params(SamplingParams(max_tokens=1), n_prompt, logprobs=m)
         last = None
         async for out in self._engine.generate(
             request_id=uuid.uuid4().hex, prompt=vprompt, sampling_params=params

@@ -7,8 +7,11 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
 
 from ragserve import __version__
 from ragserve.config import Settings
@@ -19,6 +22,8 @@ from ragserve.indexing import LoadedIndex, load_index, open_manifest
 from ragserve.retrieval.registry import with_hybrid
 from ragserve.server import errors
 from ragserve.server.limits import InFlightLimiter
+from ragserve.server.middleware import BodyLimit, UnexpectedErrors
+from ragserve.server.protocol import DOCUMENTED_REQUESTS
 from ragserve.server.routes import chat, meta
 from ragserve.server.state import ServerState
 
@@ -68,4 +73,31 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(meta.router)
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # outermost: before any read
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the wire models that routes parse themselves (chat bodies)."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        _, defs = models_json_schema(
+            [(m, "validation") for m in DOCUMENTED_REQUESTS],
+            ref_template="#/components/schemas/{model}",
+        )
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(defs["$defs"])
+        state: ServerState | None = getattr(app.state, "ragserve", None)
+        if state is not None:  # what this server serves, so clients and fuzzers see the choices
+            _choices(schemas["ChatCompletionRequest"], "model", state.model_names())
+            _choices(schemas["RagParams"], "retriever", list(state.engine.retrievers))
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+def _choices(schema: dict[str, Any], field: str, values: list[str]) -> None:
+    prop = schema["properties"][field]
+    prop.pop("anyOf", None)
+    prop["enum"] = [*dict.fromkeys(values), None]

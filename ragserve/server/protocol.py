@@ -7,21 +7,46 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+INT64 = 2**63
+# Requests parse strictly, as OpenAI does: "8" is not an integer and "yes" is not a boolean.
+STRICT = ConfigDict(strict=True, extra="ignore")
+
+
+def _not_text(v: Any) -> Any:
+    if isinstance(v, (str, bool)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return v
+
+
+# An integer as JSON Schema has it: 8 and 8.0 are integers, "8", true and 8.5 are not.
+Int = Annotated[int, Field(strict=False), BeforeValidator(_not_text)]
 
 
 class TextPart(BaseModel):
+    model_config = STRICT
+
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[TextPart]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content_shape(cls, v: Any) -> Any:
+        # One message in the user's terms instead of one per member of the union.
+        if not isinstance(v, (str, list)):
+            raise ValueError("must be a string or a list of text parts")
+        return v
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -32,37 +57,93 @@ class ChatMessage(BaseModel):
 class RagParams(BaseModel):
     """ragserve's extension: how to retrieve for this request."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     strategy: Literal["single", "none"] = "single"
-    k: int = Field(4, ge=1, le=50)
+    k: Int = Field(4, ge=1, le=50)
     retriever: str | None = None
 
 
+# OpenAI fields this server does not implement: a request that asks for them gets a 400 naming
+# the field instead of a silently different answer. Each maps to the values that ask for nothing.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0.0),
+    "frequency_penalty": (None, 0.0),
+    "response_format": (None, {"type": "text"}),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+}
+
+
+def _inert(name: str) -> Any:
+    """A field that takes only the values in ``UNSUPPORTED[name]``, documented as such."""
+
+    def document(schema: dict[str, Any]) -> None:
+        schema.pop("anyOf", None)
+        schema["enum"] = list(UNSUPPORTED[name])
+
+    return Field(None, json_schema_extra=document)
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
+    max_tokens: Int | None = Field(None, ge=1, le=INT64 - 1)
+    max_completion_tokens: Int | None = Field(None, ge=1, le=INT64 - 1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: Int = Field(0, ge=0, le=INT64 - 1)
     stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=1)
+    seed: Int | None = Field(None, ge=-INT64, le=INT64 - 1)
+    n: Int = Field(1, ge=1, le=1)
     rag: RagParams = Field(default_factory=RagParams)
+    # Accepted so that a request asking for them is refused by name (see UNSUPPORTED); the
+    # OpenAPI document lists only the values that ask for nothing.
+    tools: list[Any] | None = _inert("tools")
+    tool_choice: str | dict[str, Any] | None = _inert("tool_choice")
+    functions: list[Any] | None = _inert("functions")
+    function_call: str | dict[str, Any] | None = _inert("function_call")
+    logprobs: bool | None = _inert("logprobs")
+    top_logprobs: int | None = _inert("top_logprobs")
+    logit_bias: dict[str, Any] | None = _inert("logit_bias")
+    presence_penalty: float | None = _inert("presence_penalty")
+    frequency_penalty: float | None = _inert("frequency_penalty")
+    response_format: dict[str, Any] | None = _inert("response_format")
+    audio: dict[str, Any] | None = _inert("audio")
+    modalities: list[str] | None = _inert("modalities")
+    prediction: dict[str, Any] | None = _inert("prediction")
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
+    def _stop_list(cls, v: Any) -> list[str] | None:
+        if v is None:
+            return None
         if isinstance(v, str):
             v = [v]
-        if v is not None and len(v) > 4:
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise ValueError("must be a string or a list of at most 4 strings")
+        if len(v) > 4:
             raise ValueError("at most 4 stop sequences")
         return v
+
+    def unsupported(self) -> str | None:
+        """The first field set to something this server does not do, if any."""
+        for name, inert in UNSUPPORTED.items():
+            value = getattr(self, name)
+            if not any(value == v and type(value) is type(v) for v in inert):
+                return name
+        return None
 
 
 class CitationOut(BaseModel):
@@ -160,3 +241,8 @@ class ErrorResponse(BaseModel):
         return cls(
             error=ErrorBody(message=message, type=type_, param=param, code=code)
         ).model_dump()
+
+
+# Request models that routes parse themselves (to read JSON whatever the Content-Type says),
+# added to the OpenAPI document by hand.
+DOCUMENTED_REQUESTS: tuple[type[BaseModel], ...] = (ChatCompletionRequest,)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,26 @@ def test_ask_prints_answer_and_sources(demo_index_dir: Path, tmp_path: Path) -> 
     answer, sources = r.stdout.split("Sources:")
     assert answer.strip()
     assert "nonlocal" in sources and sources.count("[") == 4
+
+
+def test_sigterm_during_a_build_removes_its_work_folder(tmp_path: Path) -> None:
+    """SIGTERM is handled like Ctrl-C: the build stops, its hidden folder goes, exit 143."""
+    root = tmp_path / "indexes"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ragserve.cli", "index", "build", "--demo", "--quiet",
+         "--index-dir", str(root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (root.is_dir() and any(p.name.startswith(".") for p in root.iterdir())):
+            assert proc.poll() is None and time.monotonic() < deadline, "no work folder appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().endswith("terminated")
+    assert list(root.iterdir()) == []

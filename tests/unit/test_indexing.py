@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,39 @@ def test_manifest_format_version_is_checked(tmp_path: Path, corpus_file: Path) -
     path.write_text(json.dumps(data))
     with pytest.raises(InputError, match="format 99 is not supported"):
         load_index(tmp_path, "small")
+
+
+def _dead_pid() -> int:
+    pid = 999_999
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        pid -= 1
+
+
+def test_stale_temporaries_of_dead_builds_are_removed_and_never_listed(
+    tmp_path: Path, corpus_file: Path
+) -> None:
+    dead, live = _dead_pid(), os.getppid()
+    stale = [tmp_path / f".small.tmp-{dead}-0a1b2c3d", tmp_path / f".small.old-{dead}"]
+    running = tmp_path / f".other.tmp-{live}-0a1b2c3d"  # a build still running elsewhere
+    for p in [*stale, running]:
+        p.mkdir()
+        (p / "manifest.json").write_text("{}")
+    assert list_indexes(tmp_path) == []  # hidden work folders are never indexes
+    build_from_file(corpus_file, "small", tmp_path, progress=False)
+    assert not any(p.exists() for p in stale)
+    assert running.exists()
+    assert list_indexes(tmp_path) == ["small"]
+
+
+def test_index_folders_follow_the_umask(tmp_path: Path, corpus_file: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        build_from_file(corpus_file, "small", tmp_path, progress=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "small").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "small" / "bm25").stat().st_mode) == 0o755

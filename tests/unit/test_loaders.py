@@ -47,3 +47,10 @@ def test_missing_and_empty_files(tmp_path: Path) -> None:
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(InputError, match="no documents"):
         list(load_corpus(tmp_path / "empty.jsonl"))
+
+
+def test_json_error_points_at_the_column_on_its_line(tmp_path: Path) -> None:
+    line = '{"id": "a", "title": "t", "text": "a line that lacks its closing brace"'
+    (tmp_path / "c.jsonl").write_text(line + "\n")
+    with pytest.raises(InputError, match=rf":1: invalid JSON \(.* at column {len(line) + 1}\)"):
+        list(load_corpus(tmp_path / "c.jsonl"))

@@ -10,7 +10,9 @@ from ragserve.server.state import ServerState, get_state
 router = APIRouter()
 
 
-@router.get("/health")
+# HEAD too: load balancers and uptime checks often probe with it.
+@router.head("/health", operation_id="health_head")
+@router.get("/health", operation_id="health")
 async def health(state: ServerState = Depends(get_state)) -> dict[str, object]:
     index = state.index
     return {
