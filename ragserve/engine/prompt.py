@@ -12,8 +12,14 @@ SYSTEM = (
 )
 
 
-# A base model keeps writing passages or questions after its answer; stop it there.
-STOP = ("\n\n[", "\nQuestion:", "\n\n\n")
+# A base model keeps writing passages, questions or new answers after its answer; stop it there.
+STOP = ("\n\n[", "Question:", "Answer:", "\n\n\n")
+
+# Said instead of an empty answer, per strategy.
+NO_ANSWER = {
+    "single": "The passages do not say.",
+    "none": "I do not know.",
+}
 
 
 def rag_messages(

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 
 from ragserve.corpus import DocStore
+from ragserve.engine.answer_guard import RepeatGuard
 from ragserve.engine.events import Citation, Event, Finished, Retrieved, TokenText
-from ragserve.engine.prompt import STOP, rag_messages
+from ragserve.engine.prompt import NO_ANSWER, STOP, rag_messages
 from ragserve.engine.request import RagRequest
 from ragserve.errors import InputError
-from ragserve.generation.base import Generator
+from ragserve.generation.base import Generator, SamplingParams, Usage
 from ragserve.retrieval.base import Retriever
 
 log = logging.getLogger("ragserve.engine")
@@ -78,8 +79,7 @@ class Engine:
             )
 
     async def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        prompt = self.generator.chat_template(messages)
-        return len(await asyncio.to_thread(self.generator.tokenize, prompt, special=True))
+        return await self._count_tokens(self.generator.chat_template(messages))
 
     async def fit_passages(
         self, request: RagRequest, citations: list[Citation]
@@ -109,18 +109,51 @@ class Engine:
 
     async def run(self, request: RagRequest) -> AsyncIterator[Event]:
         self.check_size(request)
-        messages, params = request.messages, request.params
-        if request.rag.strategy == "single":
+        messages = request.messages
+        strategy = request.rag.strategy
+        if strategy == "single":
             citations = await self.retrieve(request.question, request.rag.k, request.rag.retriever)
             messages, citations = await self.fit_passages(request, citations)
             yield Retrieved(request.question, citations)
-            params = replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP))))
-        prompt = self.generator.chat_template(messages)
-        started = False
-        async for chunk in self.generator.generate(prompt, params):
-            text = chunk.text if started else chunk.text.lstrip()
-            if text:
-                started = True
-                yield TokenText(text)
-            if chunk.finish_reason is not None and chunk.usage is not None:
-                yield Finished(chunk.finish_reason, chunk.usage)
+        params = replace(request.params, stop=tuple(dict.fromkeys((*request.params.stop, *STOP))))
+        async for event in self.answer(self.generator.chat_template(messages), params, strategy):
+            yield event
+
+    async def answer(
+        self, prompt: str, params: SamplingParams, strategy: str
+    ) -> AsyncIterator[TokenText | Finished]:
+        """Generate an answer a user can read: cut at its first repeat, never empty."""
+        guard = RepeatGuard()
+        emitted, produced = False, 0
+        finish, usage = "length", None
+        stream = self.generator.generate(prompt, params)
+        try:
+            async for chunk in stream:
+                produced += len(chunk.token_ids)
+                if chunk.usage is not None:
+                    finish, usage = chunk.finish_reason or finish, chunk.usage
+                text = guard.feed(chunk.text)
+                if guard.stopped:
+                    text += guard.flush()
+                text = text if emitted else text.lstrip()
+                if text:
+                    emitted = True
+                    yield TokenText(text)
+                if guard.stopped:
+                    finish = "stop"
+                    break
+        finally:
+            await stream.aclose()
+        tail = guard.flush()
+        tail = tail if emitted else tail.lstrip()
+        if tail:
+            emitted = True
+            yield TokenText(tail)
+        if not emitted:
+            yield TokenText(NO_ANSWER[strategy])
+        if usage is None:  # stopped early: the backend's count never came
+            usage = Usage(await self._count_tokens(prompt), produced)
+        yield Finished(finish, usage)
+
+    async def _count_tokens(self, prompt: str) -> int:
+        return len(await asyncio.to_thread(self.generator.tokenize, prompt, special=True))

@@ -1,0 +1,65 @@
+"""The repeat guard on hand-written loops and on random and adversarial text."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ragserve.engine.answer_guard import RepeatGuard
+
+
+def run(pieces: list[str]) -> tuple[str, bool]:
+    guard = RepeatGuard()
+    out = [guard.feed(p) for p in pieces]
+    out.append(guard.flush())
+    return "".join(out), guard.stopped
+
+
+def tokens(text: str, seed: int = 0) -> list[str]:
+    """``text`` cut into random pieces, as a model streams it."""
+    rng, out, i = random.Random(seed), [], 0
+    while i < len(text):
+        n = rng.randint(1, 6)
+        out.append(text[i : i + n])
+        i += n
+    return out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("It is a data format that is used to exchange data. It is a data format that is used"
+         " to exchange data. More.", "It is a data format that is used to exchange data."),
+        ("Steps:\n1. Open the file in text mode.\n2. Use the open function to read it.\n3. Use"
+         " the open function to read it.\n4. Use the open function",
+         "Steps:\n1. Open the file in text mode.\n2. Use the open function to read it.\n"),
+        ("Answer is yes. Yes. Yes. Fine.", "Answer is yes. Yes. Yes. Fine."),  # short repeats
+    ],
+)  # fmt: skip
+def test_first_repeated_sentence_is_cut_before_it_is_emitted(text: str, expected: str) -> None:
+    for seed in range(5):
+        assert run(tokens(text, seed))[0] == expected
+
+
+def test_a_loop_without_sentence_ends_is_cut() -> None:
+    loop = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu " * 4
+    out, stopped = run(tokens(loop))
+    assert stopped and len(out.split()) < 3 * 12
+
+
+def test_ordinary_text_streams_unchanged() -> None:
+    text = "The nonlocal statement rebinds names. It refers to the enclosing scope.\nDone"
+    out, stopped = run(tokens(text))
+    assert out == text and not stopped
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_random_and_adversarial_text_never_breaks_it(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = ["a", "b", " ", ".", "\n", "1.", "- ", "Answer:", "?", "é", "\u200b", "!", "word"]
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10_000 if seed < 3 else 300)))
+    out, stopped = run(tokens(text, seed))
+    assert text.startswith(out)  # only ever a prefix of what the model wrote
+    if not stopped:
+        assert out == text
