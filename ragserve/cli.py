@@ -12,10 +12,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ragserve import __version__
 from ragserve.config import Settings
 from ragserve.errors import RagServeError
+
+if TYPE_CHECKING:
+    from ragserve.engine.events import Step
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -113,7 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from ragserve.engine import Finished, RagOptions, RagRequest, Retrieved, TokenText
+    from ragserve.engine import Finished, RagOptions, RagRequest, Retrieved, Step, TokenText
     from ragserve.generation.base import SamplingParams
     from ragserve.server.app import load_engine
 
@@ -121,7 +125,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     request = RagRequest(
         messages=[{"role": "user", "content": args.question}],
         params=SamplingParams(max_tokens=args.max_tokens),
-        rag=RagOptions(k=args.k, retriever=args.retriever),
+        rag=RagOptions(
+            strategy=args.strategy,
+            k=args.k,
+            retriever=args.retriever,
+            max_iterations=args.max_iterations,
+            trace=args.trace,
+        ),
     )
 
     async def run() -> None:
@@ -129,8 +139,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         citations = []
         try:
             async for event in engine.run(request):
-                if isinstance(event, Retrieved):
-                    citations = event.citations
+                if isinstance(event, Step) and args.trace:
+                    print(_trace_line(event), file=sys.stderr, flush=True)
+                elif isinstance(event, Retrieved):
+                    citations.extend(event.citations)
                 elif isinstance(event, TokenText):
                     print(event.text, end="", flush=True)
                 elif isinstance(event, Finished):
@@ -145,6 +157,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def _trace_line(step: Step) -> str:
+    """One step of an iterative strategy as a readable line (``ask --trace``)."""
+    head = f"[{step.iteration or 'end'}] {step.kind:<10} {step.seconds:5.2f}s"
+    if step.kind == "retrieval":
+        return f"{head}  query {step.query!r} → {', '.join(step.passages)}"
+    return f"{head}  {' '.join(step.text.split())[:300]}"
 
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
@@ -252,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ask", help="answer one question on the command line")
     add_engine_flags(a)
     a.add_argument("question")
+    a.add_argument(
+        "--strategy",
+        default="single",
+        choices=["single", "auto_rag", "none"],
+        help="single: retrieve once; auto_rag: the model retrieves in turns; none: no retrieval",
+    )
+    a.add_argument("--trace", action="store_true", help="print each step (auto_rag) on stderr")
+    a.add_argument("--max-iterations", type=int, default=5, help="auto_rag turns (default: 5)")
     a.add_argument("--k", type=int, default=4, help="passages to retrieve (default: 4)")
     a.add_argument("--max-tokens", type=int, default=256)
     a.set_defaults(func=cmd_ask)

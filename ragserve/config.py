@@ -41,6 +41,8 @@ class Settings:
         default_factory=lambda: int(_env("MAX_BODY_BYTES", str(1 << 20)) or 1 << 20)
     )
     model_alias: str = "ragserve"
+    # The most auto_rag turns a request may ask for (rag.max_iterations).
+    max_iterations: int = field(default_factory=lambda: int(_env("MAX_ITERATIONS", "10") or 10))
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Apply flag values that were given (``None`` means "not given")."""

@@ -1,6 +1,15 @@
 """Strategies, what to retrieve and when: each turns a request into a stream of events."""
 
-from ragserve.engine.events import Citation, Event, Finished, Retrieved, TokenText
+from ragserve.engine.events import Citation, Event, Finished, Retrieved, Step, TokenText
 from ragserve.engine.request import RagOptions, RagRequest
 
-__all__ = ["Citation", "Event", "Finished", "RagOptions", "RagRequest", "Retrieved", "TokenText"]
+__all__ = [
+    "Citation",
+    "Event",
+    "Finished",
+    "RagOptions",
+    "RagRequest",
+    "Retrieved",
+    "Step",
+    "TokenText",
+]

@@ -29,6 +29,19 @@ class Retrieved:
 
 
 @dataclass(frozen=True)
+class Step:
+    """One step of an iterative strategy, for its trace: a model turn (its text and the query it
+    asked for), a retrieval (the query and the passages it brought), or the parametric fallback."""
+
+    iteration: int
+    kind: str  # "model", "retrieval" or "parametric"
+    text: str
+    query: str | None
+    passages: tuple[str, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
 class TokenText:
     text: str
 
@@ -39,4 +52,4 @@ class Finished:
     usage: Usage
 
 
-Event = Retrieved | TokenText | Finished
+Event = Retrieved | Step | TokenText | Finished

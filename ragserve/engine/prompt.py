@@ -19,6 +19,7 @@ STOP = ("\n\n[", "Question:", "Answer:", "\n\n\n")
 NO_ANSWER = {
     "single": "The passages do not say.",
     "none": "I do not know.",
+    "auto_rag": "The documents do not say.",
 }
 
 

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from ragserve.errors import InputError
 from ragserve.generation.base import SamplingParams
 
-STRATEGIES = ("single", "none")
+STRATEGIES = ("single", "auto_rag", "none")
+MAX_ITERATIONS = 20  # the hard cap; servers set a lower bound of their own
+MAX_PASSAGES = 10
 ROLES = ("system", "user", "assistant")
 
 
@@ -18,8 +20,21 @@ class RagOptions:
     strategy: str = "single"
     k: int = 4
     retriever: str | None = None
+    max_iterations: int = 5  # auto_rag: model turns before the parametric fallback
+    max_passages: int = 2  # auto_rag: unread passages per retrieval
+    demonstrations: bool = True  # auto_rag: worked examples for base models
+    trace: bool = False  # stream every step
 
     def __post_init__(self) -> None:
+        if not 1 <= self.max_iterations <= MAX_ITERATIONS:
+            raise InputError(
+                f"rag.max_iterations must be between 1 and {MAX_ITERATIONS}",
+                param="rag.max_iterations",
+            )
+        if not 1 <= self.max_passages <= MAX_PASSAGES:
+            raise InputError(
+                f"rag.max_passages must be between 1 and {MAX_PASSAGES}", param="rag.max_passages"
+            )
         if self.strategy not in STRATEGIES:
             raise InputError(
                 f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}",

@@ -1,159 +1,22 @@
-"""``single``: retrieve the top-k once for the last user message, then generate over them."""
+"""``single``: retrieve the top-k once for the last user message, then answer over them."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-from ragserve.corpus import DocStore
-from ragserve.engine.answer_guard import RepeatGuard
-from ragserve.engine.events import Citation, Event, Finished, Retrieved, TokenText
-from ragserve.engine.prompt import NO_ANSWER, STOP, rag_messages
+from ragserve.engine.events import Event, Retrieved
 from ragserve.engine.request import RagRequest
-from ragserve.errors import InputError
-from ragserve.generation.base import Generator, SamplingParams, Usage
-from ragserve.retrieval.base import Retriever
 
-log = logging.getLogger("ragserve.engine")
-
-# No tokenizer we know packs more characters into one token on average over a whole prompt, so
-# a prompt with more characters than this times the context cannot fit: refused untokenized.
-MAX_CHARS_PER_TOKEN = 32
+if TYPE_CHECKING:
+    from ragserve.engine.core import Engine
 
 
-class Engine:
-    """Runs a request with the strategy it names, over one index and one generator."""
-
-    def __init__(
-        self,
-        retrievers: Mapping[str, Retriever],
-        docstore: DocStore,
-        generator: Generator,
-        default_retriever: str | None = None,
-    ):
-        """``default_retriever=None`` picks hybrid, else BM25, else whatever is loaded."""
-        if default_retriever is None:
-            default_retriever = next(
-                (r for r in ("hybrid", "bm25") if r in retrievers), next(iter(retrievers), "")
-            )
-        if default_retriever not in retrievers:
-            raise InputError(
-                f"default retriever {default_retriever!r} is not loaded"
-                f" (loaded: {', '.join(retrievers)})"
-            )
-        self.retrievers = dict(retrievers)
-        self.docstore = docstore
-        self.generator = generator
-        self.default_retriever = default_retriever
-
-    def retriever(self, name: str | None) -> Retriever:
-        name = name or self.default_retriever
-        if name not in self.retrievers:
-            raise InputError(
-                f"retriever {name!r} is not available; loaded: {', '.join(self.retrievers)}",
-                param="rag.retriever",
-            )
-        return self.retrievers[name]
-
-    async def retrieve(self, query: str, k: int, retriever: str | None) -> list[Citation]:
-        r = self.retriever(retriever)
-        hits = (await asyncio.to_thread(r.search, [query], k))[0]
-        passages = await asyncio.to_thread(self.docstore.get, [h.doc_id for h in hits])
-        return [
-            Citation(i + 1, p.id, p.external_id, p.doc_id, p.title, p.text, h.score)
-            for i, (h, p) in enumerate(zip(hits, passages, strict=True))
-        ]
-
-    def check_size(self, request: RagRequest) -> None:
-        """Refuse a prompt that cannot fit by its characters alone, before tokenizing it."""
-        chars = sum(len(m["content"]) for m in request.messages)
-        limit = self.generator.context_length * MAX_CHARS_PER_TOKEN
-        if chars > limit:
-            raise InputError(
-                f"messages hold {chars} characters, more than a"
-                f" {self.generator.context_length}-token context window can take",
-                param="messages",
-                code="context_length_exceeded",
-            )
-
-    async def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return await self._count_tokens(self.generator.chat_template(messages))
-
-    async def fit_passages(
-        self, request: RagRequest, citations: list[Citation]
-    ) -> tuple[list[dict[str, str]], list[Citation]]:
-        """The prompt with as many of ``citations`` as leave room for ``max_tokens`` of answer."""
-        room = self.generator.context_length - request.params.max_tokens
-
-        async def fits(n: int) -> bool:
-            return await self._prompt_tokens(rag_messages(request.messages, citations[:n])) <= room
-
-        n = len(citations)
-        if not await fits(n):
-            lo, hi = 0, n - 1  # the largest count that fits, by bisection
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                lo, hi = (mid, hi) if await fits(mid) else (lo, mid - 1)
-            n = lo
-            if n == 0 or not await fits(n):
-                raise InputError(
-                    f"the messages and max_tokens={request.params.max_tokens} leave no room for"
-                    f" a passage in the {self.generator.context_length}-token context window",
-                    param="messages" if request.params.fit_context else "max_tokens",
-                    code="context_length_exceeded",
-                )
-            log.info("kept %d of %d passages to fit the context window", n, len(citations))
-        return rag_messages(request.messages, citations[:n]), citations[:n]
-
-    async def run(self, request: RagRequest) -> AsyncIterator[Event]:
-        self.check_size(request)
-        messages = request.messages
-        strategy = request.rag.strategy
-        if strategy == "single":
-            citations = await self.retrieve(request.question, request.rag.k, request.rag.retriever)
-            messages, citations = await self.fit_passages(request, citations)
-            yield Retrieved(request.question, citations)
-        params = replace(request.params, stop=tuple(dict.fromkeys((*request.params.stop, *STOP))))
-        async for event in self.answer(self.generator.chat_template(messages), params, strategy):
-            yield event
-
-    async def answer(
-        self, prompt: str, params: SamplingParams, strategy: str
-    ) -> AsyncIterator[TokenText | Finished]:
-        """Generate an answer a user can read: cut at its first repeat, never empty."""
-        guard = RepeatGuard()
-        emitted, produced = False, 0
-        finish, usage = "length", None
-        stream = self.generator.generate(prompt, params)
-        try:
-            async for chunk in stream:
-                produced += len(chunk.token_ids)
-                if chunk.usage is not None:
-                    finish, usage = chunk.finish_reason or finish, chunk.usage
-                text = guard.feed(chunk.text)
-                if guard.stopped:
-                    text += guard.flush()
-                text = text if emitted else text.lstrip()
-                if text:
-                    emitted = True
-                    yield TokenText(text)
-                if guard.stopped:
-                    finish = "stop"
-                    break
-        finally:
-            await stream.aclose()
-        tail = guard.flush()
-        tail = tail if emitted else tail.lstrip()
-        if tail:
-            emitted = True
-            yield TokenText(tail)
-        if not emitted:
-            yield TokenText(NO_ANSWER[strategy])
-        if usage is None:  # stopped early: the backend's count never came
-            usage = Usage(await self._count_tokens(prompt), produced)
-        yield Finished(finish, usage)
-
-    async def _count_tokens(self, prompt: str) -> int:
-        return len(await asyncio.to_thread(self.generator.tokenize, prompt, special=True))
+async def single(engine: Engine, request: RagRequest) -> AsyncIterator[Event]:
+    rag = request.rag
+    citations = await engine.retrieve(request.question, rag.k, rag.retriever)
+    messages, citations = await engine.fit_passages(request, citations)
+    yield Retrieved(request.question, citations)
+    prompt = engine.generator.chat_template(messages)
+    async for event in engine.answer(prompt, request.params, "single"):
+        yield event

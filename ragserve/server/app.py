@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from ragserve import __version__
 from ragserve.config import Settings
-from ragserve.engine.single import Engine
+from ragserve.engine.core import Engine
 from ragserve.errors import IndexMismatchError
 from ragserve.generation.factory import create_generator
 from ragserve.indexing import LoadedIndex, load_index, open_manifest

@@ -59,9 +59,13 @@ class RagParams(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    strategy: Literal["single", "none"] = "single"
+    strategy: Literal["single", "auto_rag", "none"] = "single"
     k: Int = Field(4, ge=1, le=50)
     retriever: str | None = None
+    max_iterations: Int | None = Field(None, ge=1, le=20, description="auto_rag; default 5")
+    max_passages: Int = Field(2, ge=1, le=10, description="auto_rag: new passages per step")
+    demonstrations: bool = Field(True, description="auto_rag: worked examples for base models")
+    trace: bool = Field(False, description="stream each step as a `rag_step` chunk")
 
 
 # OpenAI fields this server does not implement: a request that asks for them gets a 400 naming
@@ -176,6 +180,17 @@ def _id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
+class TraceStep(BaseModel):
+    """One step of an iterative strategy: a model turn, a retrieval, or the parametric fallback."""
+
+    iteration: int
+    kind: Literal["model", "retrieval", "parametric"]
+    text: str
+    query: str | None = None
+    passages: list[str] = []
+    seconds: float
+
+
 class ChatCompletion(BaseModel):
     id: str = Field(default_factory=_id)
     object: Literal["chat.completion"] = "chat.completion"
@@ -184,6 +199,7 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: UsageOut
     citations: list[CitationOut] = []
+    rag_trace: list[TraceStep] | None = None
 
 
 class Delta(BaseModel):
@@ -205,6 +221,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: UsageOut | None = None
     citations: list[CitationOut] | None = None
+    rag_step: TraceStep | None = None
 
 
 class ModelCard(BaseModel):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from ragserve.config import Settings
-from ragserve.engine.single import Engine
+from ragserve.engine.core import Engine
 from ragserve.errors import NotFoundError
 from ragserve.indexing import LoadedIndex
 from ragserve.server.limits import InFlightLimiter

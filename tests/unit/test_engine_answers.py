@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+from ragserve.engine.core import Engine
 from ragserve.engine.events import Finished, TokenText
-from ragserve.engine.single import Engine
 from ragserve.generation.base import GenerationChunk, SamplingParams, Usage
 
 

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from ragserve.engine import Event, Finished, RagOptions, RagRequest, Retrieved, TokenText
+from ragserve.engine import Event, Finished, RagOptions, RagRequest, Retrieved, Step, TokenText
 from ragserve.engine.events import Citation
 from ragserve.errors import InputError, RagServeError
 from ragserve.generation.base import SamplingParams
@@ -29,6 +29,7 @@ from ragserve.server.protocol import (
     CitationOut,
     Delta,
     ErrorResponse,
+    TraceStep,
     UsageOut,
 )
 from ragserve.server.state import ServerState, get_state
@@ -60,8 +61,34 @@ def to_rag_request(body: ChatCompletionRequest, state: ServerState) -> RagReques
         seed=body.seed,
         fit_context=asked is None,
     )
-    rag = RagOptions(strategy=body.rag.strategy, k=body.rag.k, retriever=body.rag.retriever)
+    asked_iterations = body.rag.max_iterations
+    bound = state.settings.max_iterations
+    if asked_iterations is not None and asked_iterations > bound:
+        raise InputError(
+            f"rag.max_iterations must be between 1 and {bound} on this server",
+            param="rag.max_iterations",
+        )
+    rag = RagOptions(
+        strategy=body.rag.strategy,
+        k=body.rag.k,
+        retriever=body.rag.retriever,
+        max_iterations=min(asked_iterations or 5, bound),
+        max_passages=body.rag.max_passages,
+        demonstrations=body.rag.demonstrations,
+        trace=body.rag.trace,
+    )
     return RagRequest(messages=messages, params=params, rag=rag)
+
+
+def trace_step(step: Step) -> TraceStep:
+    return TraceStep(
+        iteration=step.iteration,
+        kind=step.kind,  # type: ignore[arg-type]
+        text=step.text,
+        query=step.query,
+        passages=list(step.passages),
+        seconds=round(step.seconds, 4),
+    )
 
 
 def _citations(cs: list[Citation]) -> list[CitationOut]:
@@ -182,7 +209,7 @@ async def chat_completions(
         if body.stream:
             head = await cancel_on_disconnect(request, _head(events))
             response = StreamingResponse(
-                _sse(head, events, model, state.limiter.release),
+                _sse(head, events, model, state.limiter.release, body.rag.trace),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -224,9 +251,12 @@ async def _replay(head: list[Event], events: AsyncIterator[Event]) -> AsyncItera
 async def _collect(head: list[Event], events: AsyncIterator[Event], model: str) -> ChatCompletion:
     text: list[str] = []
     citations: list[Citation] = []
+    trace: list[TraceStep] = []
     finished: Finished | None = None
     async for event in _replay(head, events):
-        if isinstance(event, Retrieved):
+        if isinstance(event, Step):
+            trace.append(trace_step(event))
+        elif isinstance(event, Retrieved):
             citations.extend(event.citations)
         elif isinstance(event, TokenText):
             text.append(event.text)
@@ -243,11 +273,16 @@ async def _collect(head: list[Event], events: AsyncIterator[Event], model: str) 
         ],
         usage=_usage(finished),
         citations=_citations(citations),
+        rag_trace=trace or None,
     )
 
 
 async def _sse(
-    head: list[Event], events: AsyncIterator[Event], model: str, release: Callable[[], None]
+    head: list[Event],
+    events: AsyncIterator[Event],
+    model: str,
+    release: Callable[[], None],
+    trace: bool,
 ) -> AsyncIterator[str]:
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -264,7 +299,10 @@ async def _sse(
     try:
         yield chunk(Delta(role="assistant", content=""))
         async for event in _replay(head, events):
-            if isinstance(event, Retrieved):
+            if isinstance(event, Step):
+                if trace:
+                    yield chunk(Delta(), rag_step=trace_step(event))
+            elif isinstance(event, Retrieved):
                 yield chunk(Delta(), citations=_citations(event.citations))
             elif isinstance(event, TokenText):
                 yield chunk(Delta(content=event.text))

@@ -1,0 +1,84 @@
+"""``auto_rag`` with the real model through the real server, the CLI's trace, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+
+pytestmark = pytest.mark.integration
+
+QUESTION = "Which module compresses data in the gzip format?"
+
+
+def post(server: LiveServer, **body: object) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=300)
+
+
+def test_auto_rag_answers_with_a_trace_and_the_passages_it_read(live_server: LiveServer) -> None:
+    rag = {"strategy": "auto_rag", "max_iterations": 3, "retriever": "bm25"}
+    r = post(live_server, messages=[{"role": "user", "content": QUESTION}], rag=rag)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    answer = body["choices"][0]["message"]["content"]
+    assert answer.strip() and "Query:" not in answer and "Retrieved Document" not in answer
+    trace = body["rag_trace"]
+    turns = [s for s in trace if s["kind"] == "model"]
+    retrievals = [s for s in trace if s["kind"] == "retrieval"]
+    assert turns[0]["text"].startswith("Analysis:") and 1 <= len(retrievals) <= 3
+    read = [p for s in retrievals for p in s["passages"]]
+    assert len(read) == len(set(read))  # never the same passage twice
+    assert [c["id"] for c in body["citations"]] == read
+    assert [c["index"] for c in body["citations"]] == list(range(1, len(read) + 1))
+    assert retrievals[0]["query"] == turns[0]["query"]  # the model's own query was searched
+    assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
+
+
+def test_auto_rag_streams_its_steps_when_asked(live_server: LiveServer) -> None:
+    rag = {"strategy": "auto_rag", "max_iterations": 2, "retriever": "bm25", "trace": True}
+    body = {"messages": [{"role": "user", "content": QUESTION}], "rag": rag, "stream": True}
+    with httpx.stream(
+        "POST", f"{live_server.url}/v1/chat/completions", json=body, timeout=300
+    ) as r:
+        assert r.status_code == 200
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    steps = [c["rag_step"] for c in chunks if "rag_step" in c]
+    assert steps and steps[0]["kind"] == "model"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert text.strip() and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("rag", "param", "fragment"),
+    [
+        ({"strategy": "auto_rag", "max_iterations": 0}, "rag.max_iterations", "greater than"),
+        ({"strategy": "auto_rag", "max_iterations": 11}, "rag.max_iterations", "between 1 and 10"),
+        ({"strategy": "auto_rag", "max_passages": 11}, "rag.max_passages", "less than"),
+        ({"strategy": "auto_rag", "retriever": "nope"}, "rag.retriever", "loaded: bm25"),
+    ],
+)
+def test_bad_auto_rag_options_are_400s_naming_the_field(
+    live_server: LiveServer, rag: dict, param: str, fragment: str
+) -> None:
+    r = post(live_server, messages=[{"role": "user", "content": QUESTION}], rag=rag)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["param"] == param and fragment in err["message"], err
+
+
+def test_ask_prints_the_trace(demo_index_dir: Path, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "ragserve.cli", "ask", QUESTION, "--strategy", "auto_rag",
+         "--trace", "--max-iterations", "2", "--retriever", "bm25",
+         "--index-dir", str(demo_index_dir), "--n-ctx", "2048"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "[1] model" in r.stderr and "retrieval" in r.stderr
+    assert "Sources:" in r.stdout and "[1]" in r.stdout.split("Sources:")[1]
