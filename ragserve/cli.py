@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragserve import __version__
@@ -183,6 +184,39 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_qa(args: argparse.Namespace) -> int:
+    from ragserve.engine import RagOptions
+    from ragserve.engine.core import Engine
+    from ragserve.eval.datasets import load_dataset
+    from ragserve.eval.qa import run_qa_eval
+    from ragserve.eval.report import open_eval_index
+    from ragserve.generation.factory import create_generator
+    from ragserve.retrieval.registry import with_hybrid
+
+    settings = _settings(args)
+    data = Path(args.data) if args.data else settings.data_dir / "hotpotqa"
+    rag = RagOptions(
+        strategy=args.strategy,
+        k=args.k,
+        retriever=args.retriever,
+        max_iterations=args.max_iterations,
+        max_passages=args.max_passages,
+    )
+    index = open_eval_index(load_dataset(data), settings.index_dir, [args.retriever])
+    generator = create_generator(settings)
+    try:
+        engine = Engine(with_hybrid(index.retrievers), index.docstore, generator, args.retriever)
+        report = run_qa_eval(data, engine, rag, limit=args.limit, max_tokens=args.max_tokens)
+    finally:
+        asyncio.run(generator.aclose())
+        index.close()
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.flat(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ragserve {__version__}")
@@ -268,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--json", help="write the metrics as one flat JSON object")
     _add_common(er)
     er.set_defaults(func=cmd_eval_retrieval)
+
+    eq = esub.add_parser("qa", help="answer EM/F1, supporting recall, iterations, latency")
+    eq.add_argument("--data", help="QA folder (default: $RAGSERVE_DATA/hotpotqa)")
+    eq.add_argument("--strategy", default="auto_rag", choices=["single", "auto_rag", "none"])
+    eq.add_argument("--retriever", default="bm25", help="bm25, dense or hybrid (default: bm25)")
+    eq.add_argument("--k", type=int, default=4, help="single: passages (default: 4)")
+    eq.add_argument("--max-iterations", type=int, default=5, help="auto_rag turns (default: 5)")
+    eq.add_argument("--max-passages", type=int, default=2, help="auto_rag: per step (default: 2)")
+    eq.add_argument("--max-tokens", type=int, default=64, help="answer length (default: 64)")
+    eq.add_argument("--limit", type=int, help="the first N questions only")
+    eq.add_argument("--json", help="write the metrics as one flat JSON object")
+    eq.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
+    _add_common(eq)
+    eq.set_defaults(func=cmd_eval_qa)
 
     a = sub.add_parser("ask", help="answer one question on the command line")
     add_engine_flags(a)

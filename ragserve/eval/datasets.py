@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ragserve.errors import InputError, NotFoundError
@@ -20,6 +20,7 @@ class Dataset:
     corpus: Path
     queries: list[tuple[str, str]]
     relevant: dict[str, dict[str, int]]
+    answers: dict[str, list[str]] = field(default_factory=dict)  # QA sets: gold answers
 
 
 def load_dataset(path: str | Path, split: str = "test") -> Dataset:
@@ -56,7 +57,7 @@ def _beir(root: Path, corpus: Path, qrels_path: Path) -> Dataset:
 
 
 def _qa(root: Path, corpus: Path, questions: Path) -> Dataset:
-    queries, relevant = [], {}
+    queries, relevant, answers = [], {}, {}
     with questions.open() as f:
         for line in f:
             q = json.loads(line)
@@ -65,4 +66,5 @@ def _qa(root: Path, corpus: Path, questions: Path) -> Dataset:
                 raise InputError(f"{questions}: question {q.get('id')} has no gold passages")
             queries.append((str(q["id"]), q["question"]))
             relevant[str(q["id"])] = {str(d): 1 for d in gold}
-    return Dataset(root.name, "qa", corpus, queries, relevant)
+            answers[str(q["id"])] = [str(a) for a in q.get("answers", [])]
+    return Dataset(root.name, "qa", corpus, queries, relevant, answers)

@@ -15,7 +15,13 @@ from typing import Any
 from ragserve.corpus import ChunkingConfig
 from ragserve.eval.datasets import Dataset, load_dataset
 from ragserve.eval.retrieval import evaluate
-from ragserve.indexing import build_from_file, list_indexes, load_index
+from ragserve.indexing import (
+    LoadedIndex,
+    build_from_file,
+    list_indexes,
+    load_index,
+    open_manifest,
+)
 from ragserve.retrieval.registry import with_hybrid
 
 
@@ -53,20 +59,23 @@ class RetrievalReport:
         Path(path).write_text(json.dumps(self.flat(), indent=2) + "\n")
 
 
-def run_retrieval_eval(
-    data: str | Path,
+def open_eval_index(
+    dataset: Dataset,
     index_dir: Path,
     retrievers: list[str],
-    *,
     rebuild: bool = False,
     dense_factory: str = "Flat",
     progress: bool = True,
-) -> RetrievalReport:
-    dataset = load_dataset(data)
+) -> LoadedIndex:
+    """The index ``eval-<dataset>`` with ``retrievers`` (hybrid: BM25 and dense), built if absent
+    or lacking one of them."""
     name = f"eval-{dataset.name}"
     stored = [r for r in retrievers if r != "hybrid"]
     if "hybrid" in retrievers:
         stored = list(dict.fromkeys([*stored, "bm25", "dense"]))
+    if not rebuild and name in list_indexes(index_dir):
+        have = open_manifest(index_dir, name)[1].retrievers
+        rebuild = any(r not in have for r in stored)
     if rebuild or name not in list_indexes(index_dir):
         build_from_file(
             dataset.corpus,
@@ -77,7 +86,20 @@ def run_retrieval_eval(
             progress=progress,
             retriever_options={"dense": {"factory": dense_factory}},
         )
-    index = load_index(index_dir, name, stored)
+    return load_index(index_dir, name, stored)
+
+
+def run_retrieval_eval(
+    data: str | Path,
+    index_dir: Path,
+    retrievers: list[str],
+    *,
+    rebuild: bool = False,
+    dense_factory: str = "Flat",
+    progress: bool = True,
+) -> RetrievalReport:
+    dataset = load_dataset(data)
+    index = open_eval_index(dataset, index_dir, retrievers, rebuild, dense_factory, progress)
     try:
         loaded = with_hybrid(index.retrievers)
         chosen = {r: loaded[r] for r in retrievers}

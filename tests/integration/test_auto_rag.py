@@ -82,3 +82,19 @@ def test_ask_prints_the_trace(demo_index_dir: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "[1] model" in r.stderr and "retrieval" in r.stderr
     assert "Sources:" in r.stdout and "[1]" in r.stdout.split("Sources:")[1]
+
+
+def test_eval_qa_on_shared_nq(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "qa.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "ragserve.cli", "eval", "qa", "--data", str(data_dir / "nq"),
+         "--strategy", "auto_rag", "--limit", "3", "--max-iterations", "2",
+         "--index-dir", str(tmp_path / "indexes"), "--n-ctx", "2048", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["questions"] == 3 and report["strategy"] == "auto_rag"
+    assert 0 <= report["f1"] <= 1 and 0 <= report["support_recall"] <= 1
+    assert 1 <= report["retrievals_mean"] <= 2 and report["empty_share"] <= 1
+    assert sum(report["retrievals_histogram"].values()) == 3
