@@ -176,7 +176,8 @@ def main() -> None:
         "",
         "A real `ragserve serve` process (demo index, bundled model, n_ctx 2048), body limit"
         " 1 MiB.",
-        "`/health` was polled every 20 ms while the body was sent; server RSS sampled with it.",
+        "`/health` was polled every 20 ms while the body was sent; server RSS sampled with it. The",
+        "bytes the client got to send went into socket buffers: the server reads at most 1 MiB.",
         "Before the fix (issue 8): a 50 MB body kept `/health` waiting 40 s and grew the process",
         "by 2.4 GB; a dropped 4000-token request kept generating for 68 s.",
         "",

@@ -290,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-body-bytes", type=int, help="larger request bodies get 413 (default: 1048576)"
     )
+    s.add_argument(
+        "--max-iterations", type=int, help="most auto_rag turns a request may ask for (default: 10)"
+    )
     s.set_defaults(func=cmd_serve)
 
     ev = sub.add_parser("eval", help="measure retrieval (and later answers) on evaluation data")
