@@ -102,8 +102,8 @@ class Engine:
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 lo, hi = (mid, hi) if await fits(mid) else (lo, mid - 1)
-            n = lo
-            if n == 0 or not await fits(n):
+            n = lo  # every count above 0 that bisection kept was checked to fit
+            if n == 0:
                 bare = await self._prompt_tokens(rag_messages(request.messages, []))
                 if bare >= self.generator.context_length:  # the question alone cannot fit
                     raise ContextLengthError(bare, self.generator.context_length)
@@ -153,8 +153,6 @@ class Engine:
                 if chunk.usage is not None:
                     finish, usage = chunk.finish_reason or finish, chunk.usage
                 text = guard.feed(chunk.text)
-                if guard.stopped:
-                    text += guard.flush()
                 text = text if emitted else text.lstrip()
                 if text:
                     emitted = True

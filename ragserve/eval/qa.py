@@ -17,7 +17,7 @@ import string
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,6 @@ async def answer_question(
 class QaReport:
     settings: dict[str, Any]
     metrics: dict[str, Any]
-    per_question: list[dict[str, Any]] = field(default_factory=list)
 
     def flat(self) -> dict[str, Any]:
         return {**self.settings, **self.metrics}
@@ -191,14 +190,4 @@ def run_qa_eval(
         "model": generator.model_name,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }
-    per_question = [
-        {
-            "id": qid,
-            "answer": o.answer,
-            "gold": a,
-            "read": o.read_docs,
-            "seconds": round(o.seconds, 3),
-        }
-        for (qid, _), o, a in zip(questions, outcomes, answers, strict=True)
-    ]
-    return QaReport(settings, metrics, per_question)
+    return QaReport(settings, metrics)
