@@ -54,8 +54,8 @@ async def determinism(gen, n: int = 100) -> dict[str, Any]:  # type: ignore[no-u
 
 
 async def clear(gen: LlamaCppGenerator) -> None:
-    for slot in gen._slots:
-        await gen._run(slot.truncate, 0)
+    for seq in gen._seqs:
+        await gen._loop.call(gen._truncate, seq, 0)
 
 
 async def topk(gen: LlamaCppGenerator, repeat: int = 3) -> dict[str, Any]:
@@ -63,7 +63,7 @@ async def topk(gen: LlamaCppGenerator, repeat: int = 3) -> dict[str, Any]:
     base = gen.tokenize(
         " ".join(f"Passage {i} says Python has {TOPICS[i % 10]}." for i in range(60))
     )
-    prompt = [gen._llm.token_bos(), *base][:300]
+    prompt = [gen._bos, *base][:300]
     prefixes = [prompt + gen.tokenize(f" candidate {i}") for i in range(16)]
     batched, separate = [], []
     for _ in range(repeat):
@@ -204,9 +204,11 @@ def markdown(res: dict[str, Any]) -> str:
             f"direct httpx {o['direct_tokens_per_s']} tok/s | {o['ours_tokens_per_s']} tok/s | "
             f"overhead {o['overhead_pct']}% |",
             "",
-            "llama.cpp's numbers depend on how tokens are batched. Our llama.cpp backend evaluates "
-            "prompts in position-aligned 64-token chunks, so a prompt gives the same logits "
-            "whatever its cache held. llama.cpp's own server reuses its cache up to the longest "
+            "llama.cpp's numbers can depend on how tokens are batched. Our llama.cpp backend "
+            "builds its context so that they do not (no repacked weights, no tiled matmul, a KV "
+            "stream per sequence: see `ragserve/generation/llama_step.py` and "
+            "`concurrency.md`), so a prompt gives the same logits whatever its cache held or "
+            "what ran beside it. llama.cpp's own server reuses its cache up to the longest "
             "common prefix and re-evaluates the rest as one batch, so a repeated prompt can take "
             "another greedy path after a different one; with `--n_batch 1` every token is "
             "evaluated alone. The upstream backend relays exactly what the upstream produces "
@@ -216,24 +218,36 @@ def markdown(res: dict[str, Any]) -> str:
     )
 
 
-async def main_async(out: Path) -> dict[str, Any]:
+STAGES = ("llama_cpp", "upstream")
+
+
+async def main_async(out: Path, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
     def save() -> None:  # after every stage, so a failure keeps what was measured
         (out / "generation.json").write_text(json.dumps(res, indent=2) + "\n")
 
-    res: dict[str, Any] = {
+    path = out / "generation.json"
+    res: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    res.update({
         "machine": platform.machine(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
-    }
-    gen = LlamaCppGenerator()
-    res["determinism_llama_cpp"] = await determinism(gen)
-    save()
-    res["topk"] = await topk(gen)
-    save()
-    res["prefix_reuse"] = await prefix_reuse(gen)
-    save()
-    await gen.aclose()
+    })  # fmt: skip
+    if "llama_cpp" in stages:
+        gen = LlamaCppGenerator()
+        res["determinism_llama_cpp"] = await determinism(gen)
+        save()
+        res["topk"] = await topk(gen)
+        save()
+        res["prefix_reuse"] = await prefix_reuse(gen)
+        save()
+        await gen.aclose()
+    if "upstream" in stages:
+        await upstream(res, save)
+    return res
+
+
+async def upstream(res: dict[str, Any], save) -> None:  # type: ignore[no-untyped-def]
     port = 18000 + os.getpid() % 1000
     proc = start_upstream(port)
     try:
@@ -259,15 +273,18 @@ async def main_async(out: Path) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return res
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/results")
-    out = Path(parser.parse_args().out)
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help="which to rerun; the rest keep their numbers"
+    )
+    args = parser.parse_args()
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = asyncio.run(main_async(out))
+    res = asyncio.run(main_async(out, tuple(args.stages.split(","))))
     (out / "generation.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / "generation.md").write_text(markdown(res))
     print(markdown(res))

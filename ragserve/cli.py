@@ -279,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
         p.add_argument("--n-threads", type=int, help="CPU threads for the model")
         p.add_argument(
+            "--slots", type=int, help="requests llama_cpp decodes in one batch (default: 8)"
+        )
+        p.add_argument(
+            "--nondeterministic",
+            dest="deterministic",
+            action="store_const",
+            const=False,
+            help="llama_cpp: faster prompt evaluation, but greedy outputs may depend on the batch",
+        )
+        p.add_argument(
             "--retriever", help="default retriever (default: hybrid if built, else bm25)"
         )
 

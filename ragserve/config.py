@@ -30,6 +30,12 @@ class Settings:
     n_threads: int | None = field(
         default_factory=lambda: int(v) if (v := _env("N_THREADS", None)) else None
     )
+    # Requests the llama.cpp backend decodes together, each with an n_ctx-token KV cache.
+    slots: int = field(default_factory=lambda: int(_env("SLOTS", "8") or 8))
+    # Outputs that do not depend on what else is batched (speculation needs it); off is faster.
+    deterministic: bool = field(
+        default_factory=lambda: (_env("DETERMINISTIC", "1") or "1") not in ("0", "false", "no")
+    )
     host: str = field(default_factory=lambda: _env("HOST", "127.0.0.1") or "127.0.0.1")
     port: int = field(default_factory=lambda: int(_env("PORT", "8000") or 8000))
     retriever: str | None = field(default_factory=lambda: _env("RETRIEVER", None))

@@ -13,7 +13,13 @@ def create_generator(settings: Settings) -> Generator:
     if settings.generator == "llama_cpp":
         from ragserve.generation.llama_cpp import LlamaCppGenerator
 
-        return LlamaCppGenerator(settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+        return LlamaCppGenerator(
+            settings.model,
+            n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads,
+            slots=settings.slots,
+            deterministic=settings.deterministic,
+        )
     if settings.generator == "openai":
         from ragserve.generation.openai_upstream import OpenAIUpstreamGenerator
         from ragserve.generation.tokenizer import GGUFTokenizer

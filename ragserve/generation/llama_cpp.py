@@ -1,20 +1,17 @@
-"""The embedded default backend: a GGUF model through llama.cpp, in this process.
+"""The embedded default backend: a GGUF model through llama.cpp, in this process, batched.
 
-One model instance serves every request. It has a few *slots*, each its own llama.cpp context
-(KV cache) over the shared weights, so concurrent requests interleave without evicting each
-other's cache. llama.cpp is not thread-safe, so all model work runs on one worker thread; every
-step (a 64-token prompt chunk, or one generated token) is a separate job on that thread's FIFO
-queue, so concurrent requests take turns step by step (a long prompt cannot starve a stream) and
-the event loop never blocks. A request takes the free slot whose cache shares the longest prefix
-with its prompt; when all slots are busy it waits its turn.
+One llama.cpp context holds ``slots`` sequences over the shared weights, each in its own KV
+stream. Every model step advances every active request at once: the next token of each decoding
+sequence plus one prompt chunk of a waiting one go into a single ``llama_decode`` call
+(``llama_step.StepLoop``), so eight streams cost little more per step than one, and a long
+prompt is prefilled chunk by chunk between decode steps instead of starving them.
 
-Determinism with prefix reuse: llama.cpp's numbers depend on how tokens are batched (evaluating
-300 tokens at once or as 150 + 150 gives logits that differ by more than 1.0 on Gemma 3 270M,
-enough to flip a greedy choice). So prompts are always evaluated in chunks aligned to absolute
-positions (multiples of ``CHUNK``), and a cache is reused only up to a chunk boundary it shares
-with the new prompt. The same prompt then gives bit-identical logits in any slot, whatever ran
-before, which greedy determinism and speculative retrieval rely on; prompts sharing a prefix
-(next_token_topk, iterative retrieval, chat turns) still skip it.
+Determinism: by default (``deterministic=True``) the context is built so that a token's logits do
+not depend on what else is in its step or how its prompt was chunked (see ``llama_step``). Greedy
+output is then bit-identical to the request run alone, which speculative retrieval and the
+iterative strategies compare token for token, and a cached prefix can be reused at any token, not
+only at chunk boundaries. ``deterministic=False`` keeps llama.cpp's repacked weight kernels:
+faster prefill, but outputs that may change with the batch, like llama.cpp's own server.
 """
 
 from __future__ import annotations
@@ -22,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,49 +34,40 @@ from ragserve.generation.base import (
     completion_budget,
 )
 from ragserve.generation.chat import plain_transcript, render_jinja
+from ragserve.generation.llama_step import CHUNK, StepLoop, default_threads
 from ragserve.generation.models import resolve_gguf
 from ragserve.generation.sampling import Sampler, top_tokens
 from ragserve.generation.streaming import StopTextStream
 from ragserve.generation.tokenizer import tokenizer_identity
 
-CHUNK = 64  # prompt evaluation granularity; 64 costs ~15% prefill speed against 512 on 2 cores
+# ggml's tiled K-quant matmul takes over from 8 columns up, with other rounding than the
+# one-column kernel: a token's logits would change once 8 sequences share a step. ggml reads
+# the switch once per process, before the first matmul, so it is set at import.
+os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 
-class _Slot:
-    """One KV cache: a llama.cpp context over the shared model, and the tokens it holds."""
+class _Seq:
+    """One sequence of the shared context: its id and the tokens its KV stream holds."""
 
-    def __init__(self, ctx, batch, n_vocab: int):  # type: ignore[no-untyped-def]
-        self.ctx = ctx
-        self.batch = batch
-        self.n_vocab = n_vocab
-        self.tokens: list[int] = []  # tokens whose keys and values are in the cache
-        self.prompt_len = 0  # leading tokens evaluated as a prompt, in aligned chunks
+    def __init__(self, seq_id: int):
+        self.id = seq_id
+        self.tokens: list[int] = []
 
     def reusable(self, tokens: Sequence[int]) -> int:
-        """Cached positions a new prompt may keep: its common prefix, down to a chunk boundary."""
-        limit = min(self.prompt_len, len(tokens))
+        """Cached positions a new prompt may keep: the common prefix, less one for the logits."""
+        limit = min(len(self.tokens), len(tokens))
         common = 0
         while common < limit and self.tokens[common] == tokens[common]:
             common += 1
-        reuse = (common // CHUNK) * CHUNK
-        return reuse - CHUNK if reuse == len(tokens) else reuse  # keep a chunk for the logits
-
-    def truncate(self, n: int) -> None:
-        self.ctx.kv_cache_seq_rm(-1, n, -1)
-        del self.tokens[n:]
-        self.prompt_len = min(self.prompt_len, n)
-
-    def eval(self, tokens: Sequence[int]) -> np.ndarray:
-        """Append ``tokens`` (at most one chunk) to the cache; logits after the last one."""
-        self.batch.set_batch(list(tokens), len(self.tokens), False)
-        self.ctx.decode(self.batch)
-        self.tokens.extend(tokens)
-        ptr = self.ctx.get_logits_ith(-1)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+        return min(common, len(tokens) - 1)
 
 
 class LlamaCppGenerator:
-    """A ``Generator`` over llama-cpp-python; ``model=None`` loads the bundled Gemma 3 270M."""
+    """A ``Generator`` over llama-cpp-python; ``model=None`` loads the bundled Gemma 3 270M.
+
+    ``n_ctx`` is the context window of each request; ``slots`` requests decode together (each
+    holds ``n_ctx`` tokens of KV cache, about 18 KiB a token for the bundled model).
+    """
 
     def __init__(
         self,
@@ -87,55 +75,78 @@ class LlamaCppGenerator:
         *,
         n_ctx: int = 4096,
         n_threads: int | None = None,
-        slots: int = 4,
+        slots: int = 8,
+        deterministic: bool = True,
     ):
         import llama_cpp
         from llama_cpp import _internals
         from llama_cpp._utils import suppress_stdout_stderr
 
+        if slots < 1:
+            raise InputError("slots must be at least 1", param="slots")
         self.path = resolve_gguf(model)
+        self.deterministic = deterministic
         quiet = suppress_stdout_stderr  # llama.cpp logs each context's KV layout on stderr
+        mparams = llama_cpp.llama_model_default_params()
+        # Repacked weights switch kernels with the batch width: off when outputs must not vary.
+        mparams.use_extra_bufts = not deterministic
         try:
             with quiet(disable=False):
-                self._llm = llama_cpp.Llama(
-                    model_path=str(self.path),
-                    n_ctx=n_ctx,
-                    n_batch=CHUNK,
-                    n_threads=n_threads or os.cpu_count(),
-                    verbose=False,
+                self._model = _internals.LlamaModel(
+                    path_model=str(self.path), params=mparams, verbose=False
                 )
         except ValueError as e:
             raise InputError(f"failed to load model {self.path}: {e}") from None
-        self.model_name = self.path.stem
-        self.context_length = self._llm.n_ctx()
-        self._n_vocab = self._llm.n_vocab()
-        self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
-        self._is_eog = llama_cpp.llama_vocab_is_eog
-        self._template = self._llm.metadata.get("tokenizer.chat_template")
-        self._slots = [_Slot(self._llm._ctx, self._llm._batch, self._n_vocab)]
-        for _ in range(slots - 1):
+        threads = n_threads or default_threads()
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = n_ctx * slots
+        cparams.n_seq_max = slots
+        cparams.kv_unified = False  # a KV stream per sequence: no request sees another's cells
+        cparams.swa_full = True  # sliding-window layers keep every cell, in position order
+        cparams.n_batch = cparams.n_ubatch = slots + CHUNK
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.no_perf = True
+        try:
             with quiet(disable=False):
-                ctx = _internals.LlamaContext(
-                    model=self._llm._model, params=self._llm.context_params, verbose=False
+                self._ctx = _internals.LlamaContext(
+                    model=self._model, params=cparams, verbose=False
                 )
-            batch = _internals.LlamaBatch(n_tokens=CHUNK, embd=0, n_seq_max=1, verbose=False)
-            self._slots.append(_Slot(ctx, batch, self._n_vocab))
-        self._free = list(self._slots)
-        self._freed: asyncio.Condition | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="llama")
+        except ValueError as e:
+            self._model.close()
+            raise InputError(f"failed to create a llama.cpp context: {e}") from None
+        self._batch = _internals.LlamaBatch(
+            n_tokens=slots + CHUNK, embd=0, n_seq_max=1, verbose=False
+        )
+        self.model_name = self.path.stem
+        self.context_length = n_ctx
+        self._n_vocab = self._model.n_vocab()
+        self._vocab = self._model.vocab
+        self._bos = self._model.token_bos()
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._template = self._model.metadata().get("tokenizer.chat_template")
+        self._seqs = [_Seq(i) for i in range(slots)]
+        self._free = list(self._seqs)
+        self._waiters: deque[tuple[asyncio.Future[_Seq], Sequence[int]]] = deque()
+        self._loop = StepLoop(self._ctx, self._batch, self._n_vocab, slots + CHUNK)
         self.stats = {"prompt_tokens": 0, "evaluated_tokens": 0}
+
+    @property
+    def step_stats(self):  # type: ignore[no-untyped-def]
+        """Steps, tokens and batch widths so far (benchmarks read it)."""
+        return self._loop.stats
 
     # -- text <-> tokens (read-only on the vocabulary, safe from any thread) --
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=special, special=special)
+        return self._model.tokenize(text.encode("utf-8"), add_bos=special, special=special)
 
     def identity(self) -> dict[str, object]:
         """The tokenizer fingerprint an FM-index built for this model records."""
         return tokenizer_identity(self.model_name, self._n_vocab, self.tokenize)
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
-        return self._llm.detokenize(list(token_ids)).decode("utf-8", errors="replace")
+        return self._model.detokenize(list(token_ids)).decode("utf-8", errors="replace")
 
     def chat_template(self, messages: Sequence[dict[str, str]]) -> str:
         """The GGUF's own template if it has one; a plain transcript for base models without one."""
@@ -145,51 +156,84 @@ class LlamaCppGenerator:
 
     def _prompt_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
-            ids = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-            bos = self._llm.token_bos()
-            if not ids or ids[0] != bos:
-                ids = [bos, *ids]
+            ids = self._model.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            if not ids or ids[0] != self._bos:
+                ids = [self._bos, *ids]
             return ids
         ids = [int(t) for t in prompt]
         if any(not 0 <= t < self._n_vocab for t in ids):
             raise InputError(f"token ids must be in [0, {self._n_vocab})", param="prompt")
         return ids
 
-    # -- slots and model work (model calls run on the worker thread only) --
+    # -- sequences and model work (model calls run on the step loop's thread only) --
 
-    async def _acquire(self, tokens: Sequence[int]) -> _Slot:
-        """The free slot sharing the longest prefix with ``tokens``; waits (FIFO) if none is."""
-        if self._freed is None:
-            self._freed = asyncio.Condition()
-        async with self._freed:
-            await self._freed.wait_for(lambda: bool(self._free))
-            slot = max(self._free, key=lambda s: s.reusable(tokens))
-            self._free.remove(slot)
-            return slot
+    async def _acquire(self, tokens: Sequence[int]) -> _Seq:
+        """The free sequence sharing the longest prefix with ``tokens``; waits (FIFO) if none is.
 
-    async def _release(self, slot: _Slot) -> None:
-        assert self._freed is not None
-        async with self._freed:
-            self._free.append(slot)
-            self._freed.notify()
+        Plain futures rather than an ``asyncio.Condition``: the model outlives event loops
+        (one per ``asyncio.run``), and a condition is bound to the first loop that waits on it.
+        """
+        if self._free and not self._waiters:
+            return self._best(tokens)
+        future: asyncio.Future[_Seq] = asyncio.get_running_loop().create_future()
+        self._waiters.append((future, tokens))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release(future.result())  # handed over as we were cancelled
+            raise
 
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def _best(self, tokens: Sequence[int]) -> _Seq:
+        # Ties go to the lowest id: llama.cpp evaluates a step in one pass only while the
+        # sequences in it have consecutive ids.
+        seq = max(self._free, key=lambda s: (s.reusable(tokens), -s.id))
+        self._free.remove(seq)
+        return seq
 
-    async def _prefill(self, slot: _Slot, tokens: list[int]) -> np.ndarray:
-        """Evaluate a prompt chunk by chunk (one worker job each); return the last logits."""
-        reuse = slot.reusable(tokens)
-        await self._run(slot.truncate, reuse)
+    def _release(self, seq: _Seq) -> None:
+        self._free.append(seq)
+        while self._waiters and self._free:
+            future, tokens = self._waiters.popleft()
+            if not future.done() and not future.get_loop().is_closed():
+                future.set_result(self._best(tokens))
+
+    def _truncate(self, seq: _Seq, n: int) -> None:
+        self._ctx.kv_cache_seq_rm(seq.id, n, -1)
+        del seq.tokens[n:]
+
+    async def _prefill(self, seq: _Seq, tokens: list[int]) -> np.ndarray:
+        """Evaluate what the sequence's cache lacks of ``tokens``, a step per chunk."""
+        reuse = seq.reusable(tokens)
+        if reuse < len(seq.tokens):
+            await self._loop.call(self._truncate, seq, reuse)
         pos, logits = reuse, None
         while pos < len(tokens):
-            end = min(len(tokens), (pos // CHUNK + 1) * CHUNK)
-            logits = await self._run(slot.eval, tokens[pos:end])
+            end = min(len(tokens), pos + CHUNK)
+            logits = await self._eval(seq, tokens[pos:end])
             pos = end
-        slot.prompt_len = len(tokens)
         self.stats["prompt_tokens"] += len(tokens)
         self.stats["evaluated_tokens"] += len(tokens) - reuse
         assert logits is not None
         return logits
+
+    async def _eval(self, seq: _Seq, tokens: list[int]) -> np.ndarray:
+        """Append ``tokens`` to the sequence in the next step; the logits after the last."""
+        pos, future = self._submit(seq, tokens)
+        return await self._wait(seq, pos, future)
+
+    def _submit(self, seq: _Seq, tokens: list[int]) -> tuple[int, asyncio.Future[np.ndarray]]:
+        pos = len(seq.tokens)
+        seq.tokens.extend(tokens)  # claimed now; undone by _wait if the step never runs them
+        return pos, self._loop.submit(seq.id, pos, tokens)
+
+    async def _wait(self, seq: _Seq, pos: int, future: asyncio.Future[np.ndarray]) -> np.ndarray:
+        try:
+            return await future
+        except BaseException:
+            future.cancel()
+            await asyncio.shield(self._loop.call(self._truncate, seq, pos))
+            raise
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp
@@ -213,9 +257,10 @@ class LlamaCppGenerator:
         stream = StopTextStream(params.stop)
         produced = 0
         finish = "length"
-        slot = await self._acquire(ids)
+        seq = await self._acquire(ids)
+        pending: tuple[int, asyncio.Future[np.ndarray]] | None = None
         try:
-            logits = await self._prefill(slot, ids)
+            logits = await self._prefill(seq, ids)
             while produced < budget:
                 token = sample(logits)
                 if self._is_eog(self._vocab, token):
@@ -228,12 +273,20 @@ class LlamaCppGenerator:
                     if text:
                         yield GenerationChunk(text, [token])
                     break
-                yield GenerationChunk(text, [token])
+                # Queue the next step before handing the token out, so this sequence makes the
+                # same step as every other one the last step woke.
                 if produced < budget:
-                    logits = await self._run(slot.eval, [token])
+                    pending = self._submit(seq, [token])
+                yield GenerationChunk(text, [token])
+                if pending is not None:
+                    logits = await self._wait(seq, *pending)
+                    pending = None
                     self.stats["evaluated_tokens"] += 1
         finally:
-            await self._release(slot)
+            if pending is not None and not pending[1].done():
+                pending[1].cancel()
+                await asyncio.shield(self._loop.call(self._truncate, seq, pending[0]))
+            self._release(seq)
         tail = stream.flush()
         yield GenerationChunk(tail, [], finish, Usage(len(ids), produced))
 
@@ -251,20 +304,19 @@ class LlamaCppGenerator:
         # Visiting prefixes in sorted order makes each share the longest prefix with the last.
         order = sorted(range(len(lists)), key=lambda i: lists[i])
         out: list[list[TopToken]] = [[] for _ in lists]
-        slot = await self._acquire(lists[order[0]])
+        seq = await self._acquire(lists[order[0]])
         try:
             for i in order:
-                out[i] = top_tokens(await self._prefill(slot, lists[i]), m)
+                out[i] = top_tokens(await self._prefill(seq, lists[i]), m)
         finally:
-            await self._release(slot)
+            self._release(seq)
         return out
 
     async def aclose(self) -> None:
-        """Wait for running requests to hand their slots back, then free the model."""
-        for slot in list(self._slots):
-            await self._acquire(slot.tokens)
-        for slot in self._slots[1:]:
-            await self._run(slot.ctx.close)
-            await self._run(slot.batch.close)
-        await self._run(self._llm.close)
-        self._executor.shutdown(wait=True)
+        """Wait for running requests to hand their sequences back, then free the model."""
+        for seq in list(self._seqs):
+            await self._acquire(seq.tokens)
+        await self._loop.call(self._batch.close)
+        await self._loop.call(self._ctx.close)
+        await self._loop.call(self._model.close)
+        self._loop.shutdown()
