@@ -112,7 +112,7 @@ def start(kind: str, port: int, log: Path) -> subprocess.Popen:  # type: ignore[
 
 def body(prompt: str, max_tokens: int, stream: bool) -> dict[str, Any]:
     return {
-        "model": "x",
+        "model": "ragserve",
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,

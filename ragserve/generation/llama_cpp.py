@@ -9,9 +9,9 @@ prompt is prefilled chunk by chunk between decode steps instead of starving them
 Determinism: by default (``deterministic=True``) the context is built so that a token's logits do
 not depend on what else is in its step or how its prompt was chunked (see ``llama_step``). Greedy
 output is then bit-identical to the request run alone, which speculative retrieval and the
-iterative strategies compare token for token, and a cached prefix can be reused at any token, not
-only at chunk boundaries. ``deterministic=False`` keeps llama.cpp's repacked weight kernels:
-faster prefill, but outputs that may change with the batch, like llama.cpp's own server.
+iterative strategies compare token for token, and a cached prompt prefix can be reused at any
+token, not only at chunk boundaries. ``deterministic=False`` keeps llama.cpp's repacked weight
+kernels: faster, but outputs that may change with the batch, like llama.cpp's own server.
 """
 
 from __future__ import annotations
@@ -47,19 +47,40 @@ os.environ.setdefault("GGML_CPU_TILED_MM", "0")
 
 
 class _Seq:
-    """One sequence of the shared context: its id and the tokens its KV stream holds."""
+    """One sequence of the shared context: its id and the tokens its KV stream holds.
+
+    ``prompt_len``: the leading tokens that were evaluated as prompt, in pieces of two or
+    more. llama.cpp picks another attention kernel for a one-token piece than for a wider one,
+    so a token's keys and values depend on which kind of piece it was in; a generated token
+    (always alone) cannot stand in for the same token read as a prompt.
+    """
 
     def __init__(self, seq_id: int):
         self.id = seq_id
         self.tokens: list[int] = []
+        self.prompt_len = 0
 
     def reusable(self, tokens: Sequence[int]) -> int:
-        """Cached positions a new prompt may keep: the common prefix, less one for the logits."""
-        limit = min(len(self.tokens), len(tokens))
+        """Cached positions a new prompt may keep: its common prompt prefix, leaving two."""
+        limit = min(self.prompt_len, len(tokens) - 2)
         common = 0
         while common < limit and self.tokens[common] == tokens[common]:
             common += 1
-        return min(common, len(tokens) - 1)
+        return max(common, 0)
+
+
+def prompt_pieces(start: int, end: int) -> list[tuple[int, int]]:
+    """Split positions [start, end) into steps of at most ``CHUNK``, none of one token alone
+    (unless the whole prompt is one token), whatever ``start`` the cache allowed."""
+    pieces = []
+    pos = start
+    while pos < end:
+        stop = min(end, pos + CHUNK)
+        if end - stop == 1:
+            stop -= 1
+        pieces.append((pos, stop))
+        pos = stop
+    return pieces
 
 
 class LlamaCppGenerator:
@@ -201,17 +222,17 @@ class LlamaCppGenerator:
     def _truncate(self, seq: _Seq, n: int) -> None:
         self._ctx.kv_cache_seq_rm(seq.id, n, -1)
         del seq.tokens[n:]
+        seq.prompt_len = min(seq.prompt_len, n)
 
     async def _prefill(self, seq: _Seq, tokens: list[int]) -> np.ndarray:
-        """Evaluate what the sequence's cache lacks of ``tokens``, a step per chunk."""
+        """Evaluate what the sequence's cache lacks of ``tokens``, a step per piece."""
         reuse = seq.reusable(tokens)
         if reuse < len(seq.tokens):
             await self._loop.call(self._truncate, seq, reuse)
-        pos, logits = reuse, None
-        while pos < len(tokens):
-            end = min(len(tokens), pos + CHUNK)
-            logits = await self._eval(seq, tokens[pos:end])
-            pos = end
+        logits = None
+        for start, stop in prompt_pieces(reuse, len(tokens)):
+            logits = await self._eval(seq, tokens[start:stop])
+            seq.prompt_len = stop
         self.stats["prompt_tokens"] += len(tokens)
         self.stats["evaluated_tokens"] += len(tokens) - reuse
         assert logits is not None

@@ -7,11 +7,18 @@ worker thread, and hands each job the logits after its last token. A long prompt
 chunk per step, so it never starves the streams beside it.
 
 Batch invariance (``deterministic``): a sequence's logits must not depend on what else is in its
-step. Measured on this CPU build (``benchmarks/results/generation.md``), two things break it:
-the repacked Q4_K/Q8_0 weight layouts (``use_extra_bufts``), whose kernels change with the batch
-width, and a KV cache shared by all sequences, where another request's cells change the order in
-which attention sums. Without repacking and with a stream per sequence, a token's logits are
-bit-identical whether it is evaluated alone, in a batch of 16, or in a prompt chunk of any size.
+step. Found by measurement on this CPU build (``benchmarks/results/concurrency.md``):
+
+- repacked Q4_K weights (``use_extra_bufts``) run one kernel below 4 columns and another from 4
+  up, and ggml's tiled K-quant matmul takes over from 8 columns: both are off;
+- a KV cache shared by all sequences lets another request's cells change the order in which
+  attention sums, so each sequence gets its own KV stream;
+- attention runs another kernel for a one-token piece of a sequence than for a wider one, so
+  generated tokens always go one at a time, prompt tokens always in pieces of two or more,
+  and the two never share a ``llama_decode`` call (llama.cpp would split a mixed call into equal
+  shares per sequence).
+
+A token's logits are then bit-identical whether its request runs alone or beside 15 others.
 """
 
 from __future__ import annotations
@@ -132,7 +139,24 @@ class StepLoop:
     # -- worker-thread side --
 
     def _step(self, jobs: list[Job]) -> list[np.ndarray]:
-        """One ``llama_decode`` over all jobs, sorted by sequence (llama.cpp wants them so)."""
+        """The decode tokens in one ``llama_decode`` call, the prompt piece in another.
+
+        Apart because llama.cpp splits a mixed batch into equal shares per sequence, which
+        would cut a one-token piece off the prompt (see ``llama_cpp._Seq``).
+        """
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        decodes = [i for i, j in enumerate(jobs) if len(j.tokens) == 1]
+        prompts = [i for i, j in enumerate(jobs) if len(j.tokens) > 1]
+        for group in (decodes, prompts):
+            if group:
+                for i, logits in zip(group, self._decode([jobs[i] for i in group]), strict=True):
+                    out[i] = logits
+        self.stats.steps += 1
+        self.stats.widths[len(jobs)] = self.stats.widths.get(len(jobs), 0) + 1
+        return out  # type: ignore[return-value]
+
+    def _decode(self, jobs: list[Job]) -> list[np.ndarray]:
+        """One ``llama_decode`` call, sequences in id order (llama.cpp wants them so)."""
         import llama_cpp
 
         b = self.batch.batch
@@ -153,10 +177,8 @@ class StepLoop:
         rc = llama_cpp.llama_decode(self.ctx.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}")
-        s = self.stats
-        s.steps += 1
-        s.tokens += n
-        s.widths[len(jobs)] = s.widths.get(len(jobs), 0) + 1
+        self.stats.decode_calls += 1
+        self.stats.tokens += n
         out = []
         for i in range(len(jobs)):
             ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, last[i])
