@@ -124,12 +124,17 @@ def body(prompt: str, max_tokens: int, stream: bool) -> dict[str, Any]:
 async def one(client: httpx.AsyncClient, url: str, kind: str, prompt: str, max_tokens: int):  # type: ignore[no-untyped-def]
     """Stream one chat completion: text, completion tokens, TTFT and inter-chunk gaps."""
     payload = body(prompt, max_tokens, True)
+    headers = {}
     if kind == "llama-server":
         payload.pop("rag")
         payload["stream_options"] = {"include_usage": True}
+        # Its HTTP library closes a kept-alive connection after 5 requests, which a pooled
+        # client can race: a fresh loopback connection per request costs well under 1 ms.
+        headers["Connection"] = "close"
     t0 = time.perf_counter()
     stamps, text, tokens = [], [], 0
-    async with client.stream("POST", f"{url}/v1/chat/completions", json=payload) as r:
+    post = client.stream("POST", f"{url}/v1/chat/completions", json=payload, headers=headers)
+    async with post as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if not line.startswith("data:") or "[DONE]" in line:
@@ -267,20 +272,23 @@ def markdown(res: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="benchmarks/results")
-    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help="servers to (re)measure; others keep their numbers"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if shutil.which("cmake") is None and "llama-server" in args.kinds:
         sys.exit("cmake is needed to build llama-server")
     build_llama_server()
-    res: dict[str, Any] = {
+    path = out / "concurrency.json"
+    res: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"servers": {}}
+    res.update({
         "machine": platform.machine(),
         "cores": os.cpu_count(),
         "llama_cpp_python": llama_cpp_version(),
         "date": time.strftime("%Y-%m-%d"),
-        "servers": {},
-    }
+    })  # fmt: skip
     port = 18500 + os.getpid() % 500
     for kind in args.kinds.split(","):
         res["servers"][kind] = asyncio.run(measure(kind, port, out))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ragserve.generation.llama_cpp import _Seq, prompt_pieces
@@ -15,7 +17,7 @@ def test_pieces_cover_the_prompt_without_lone_tokens(start: int, end: int) -> No
         return
     pieces = prompt_pieces(start, end)
     assert pieces[0][0] == start and pieces[-1][1] == end
-    assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pieces))
     assert all(2 <= stop - begin <= CHUNK for begin, stop in pieces)
 
 
