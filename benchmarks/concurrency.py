@@ -278,9 +278,10 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if shutil.which("cmake") is None and "llama-server" in args.kinds:
-        sys.exit("cmake is needed to build llama-server")
-    build_llama_server()
+    if "llama-server" in args.kinds:
+        if shutil.which("cmake") is None:
+            sys.exit("cmake is needed to build llama-server")
+        build_llama_server()  # before any server runs, so the build never overlaps a measurement
     path = out / "concurrency.json"
     res: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"servers": {}}
     res.update({

@@ -34,7 +34,7 @@ from ragserve.generation.base import (
     completion_budget,
 )
 from ragserve.generation.chat import plain_transcript, render_jinja
-from ragserve.generation.llama_step import CHUNK, StepLoop, default_threads
+from ragserve.generation.llama_step import CHUNK, StepLoop
 from ragserve.generation.models import resolve_gguf
 from ragserve.generation.sampling import Sampler, top_tokens
 from ragserve.generation.streaming import StopTextStream
@@ -118,7 +118,7 @@ class LlamaCppGenerator:
                 )
         except ValueError as e:
             raise InputError(f"failed to load model {self.path}: {e}") from None
-        threads = n_threads or default_threads()
+        threads = n_threads or os.cpu_count() or 1
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx * slots
         cparams.n_seq_max = slots

@@ -24,7 +24,6 @@ A token's logits are then bit-identical whether its request runs alone or beside
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,8 +103,6 @@ class StepLoop:
         decodes = [j for j in live if len(j.tokens) == 1]
         prompts = [j for j in live if len(j.tokens) > 1]
         take = decodes[: self.max_batch - CHUNK] + prompts[:1]
-        if not take and prompts:
-            take = prompts[:1]
         taken = {id(j) for j in take}
         self._pending = [j for j in live if id(j) not in taken]
         return take
@@ -187,7 +184,3 @@ class StepLoop:
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1
