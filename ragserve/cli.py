@@ -217,6 +217,67 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_spec(args: argparse.Namespace) -> int:
+    from ragserve.errors import InputError
+    from ragserve.eval.datasets import load_dataset
+    from ragserve.eval.report import open_eval_index
+    from ragserve.eval.spec import (
+        VARIANTS,
+        WithDistractors,
+        bench,
+        bm25_with_distractors,
+        dense_with_distractors,
+        markdown,
+        sentences_of,
+    )
+    from ragserve.generation.factory import create_generator
+
+    if args.strategy != "ralm":
+        raise InputError("bench spec measures the ralm strategy; auto_rag speculation is not built")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise InputError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    settings = _settings(args)
+    data = Path(args.data) if args.data else settings.data_dir / "hotpotqa"
+    dataset = load_dataset(data)
+    stored = "bm25" if args.retriever == "bm25" else "dense"
+    index = open_eval_index(dataset, settings.index_dir, [stored])
+    generator = create_generator(settings)
+    try:
+        real = index.retrievers[stored]
+        n_real = len(real)
+        docs = index.docstore
+        retriever = real
+        if args.distractors:
+            texts = [p.text for p in index.docstore.get(list(range(min(n_real, 20_000))))]
+            docs = WithDistractors(index.docstore, n_real, sentences_of(texts))
+            print(f"adding {args.distractors:,} synthetic passages to {n_real:,} real ones")
+            if stored == "bm25":
+                retriever = bm25_with_distractors(docs, args.distractors)
+        if stored == "dense":
+            factory = "HNSW32" if args.retriever == "hnsw" else "Flat"
+            if args.distractors:
+                retriever = dense_with_distractors(real, args.distractors, factory)
+            elif factory != real.factory:
+                retriever = real.with_factory(factory)
+        questions = [q for _, q in dataset.queries[: args.num_prompts]]
+        rows = bench(generator, retriever, docs, questions, variants, args.max_tokens)
+    finally:
+        asyncio.run(generator.aclose())
+        index.close()
+    res = {
+        "data": dataset.name, "retriever": args.retriever, "strategy": args.strategy,
+        "passages": len(retriever), "distractors": args.distractors,
+        "prompts": len(questions), "max_tokens": args.max_tokens, "rows": rows,
+    }  # fmt: skip
+    print(markdown(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ragserve {__version__}")
@@ -329,6 +390,22 @@ def build_parser() -> argparse.ArgumentParser:
     eq.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
     _add_common(eq)
     eq.set_defaults(func=cmd_eval_qa)
+
+    bench = sub.add_parser("bench", help="measure serving strategies side by side")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    bs = bsub.add_parser("spec", help="RaLMSpec against the plain loop, outputs checked")
+    bs.add_argument("--data", help="QA folder (default: $RAGSERVE_DATA/hotpotqa)")
+    bs.add_argument("--retriever", default="dense", choices=["dense", "hnsw", "bm25"],
+                    help="dense (exact, faiss Flat), hnsw (approximate) or bm25")  # fmt: skip
+    bs.add_argument("--strategy", default="ralm", choices=["ralm", "auto_rag"])
+    bs.add_argument("--num-prompts", type=int, default=20)
+    bs.add_argument("--variants", default="spec,P,S,A,PSA", help="of spec, P, S, A, PSA")
+    bs.add_argument("--distractors", type=int, default=0, help="synthetic passages to add")
+    bs.add_argument("--max-tokens", type=int, default=128)
+    bs.add_argument("--json", help="write the results as JSON")
+    bs.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
+    _add_common(bs)
+    bs.set_defaults(func=cmd_bench_spec)
 
     a = sub.add_parser("ask", help="answer one question on the command line")
     add_engine_flags(a)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -90,12 +91,20 @@ class LiveServer:
     def __init__(self, app, start_timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
         import uvicorn
 
+        self.app = app
         self.start_timeout = start_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self.server.serve(),), daemon=True
+        )
+
+    def run(self, coro):  # type: ignore[no-untyped-def]
+        """Run ``coro`` on the server's event loop (where its engine lives); its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
@@ -111,6 +120,8 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        if not self.thread.is_alive():
+            self.loop.close()
 
 
 @pytest.fixture(scope="session")

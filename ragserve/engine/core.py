@@ -14,10 +14,13 @@ from dataclasses import replace
 from ragserve.corpus import DocStore
 from ragserve.engine.answer_guard import RepeatGuard
 from ragserve.engine.auto_rag import AutoRag
+from ragserve.engine.batcher import SearchBatcher
 from ragserve.engine.events import Citation, Event, Finished, TokenText
 from ragserve.engine.prompt import NO_ANSWER, STOP, rag_messages
+from ragserve.engine.ralm import ralm
 from ragserve.engine.request import RagRequest
 from ragserve.engine.single import single
+from ragserve.engine.speculative import Search
 from ragserve.errors import ContextLengthError, InputError
 from ragserve.generation.base import Generator, SamplingParams, Usage
 from ragserve.retrieval.base import Retriever
@@ -53,6 +56,7 @@ class Engine:
         self.docstore = docstore
         self.generator = generator
         self.default_retriever = default_retriever
+        self.batchers = {name: SearchBatcher(r) for name, r in self.retrievers.items()}
 
     def retriever(self, name: str | None) -> Retriever:
         name = name or self.default_retriever
@@ -62,6 +66,11 @@ class Engine:
                 param="rag.retriever",
             )
         return self.retrievers[name]
+
+    def searcher(self, name: str | None) -> Search:
+        """Batched search on a retriever, shared by concurrent requests (``engine.batcher``)."""
+        self.retriever(name)
+        return self.batchers[name or self.default_retriever].search
 
     async def retrieve(self, query: str, k: int, retriever: str | None) -> list[Citation]:
         r = self.retriever(retriever)
@@ -131,6 +140,8 @@ class Engine:
             events = AutoRag(self.generator, retrieve, request).run()
         elif strategy == "single":
             events = single(self, request)
+        elif strategy == "ralm":
+            events = ralm(self, request)
         else:
             events = self.answer(
                 self.generator.chat_template(request.messages), request.params, strategy

@@ -20,6 +20,7 @@ NO_ANSWER = {
     "single": "The passages do not say.",
     "none": "I do not know.",
     "auto_rag": "The documents do not say.",
+    "ralm": "The passages do not say.",
 }
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ragserve.errors import InputError
 from ragserve.generation.base import SamplingParams
 
-STRATEGIES = ("single", "auto_rag", "none")
+STRATEGIES = ("single", "auto_rag", "ralm", "none")
 MAX_ITERATIONS = 20  # the hard cap; servers set a lower bound of their own
 MAX_PASSAGES = 10
 ROLES = ("system", "user", "assistant")
@@ -24,6 +24,7 @@ class RagOptions:
     max_passages: int = 2  # auto_rag: unread passages per retrieval
     demonstrations: bool = True  # auto_rag: worked examples for base models
     trace: bool = False  # stream every step
+    speculative: bool = False  # ralm: speculative retrieval, verified in batches (same output)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_iterations <= MAX_ITERATIONS:

@@ -22,6 +22,8 @@ class SamplingParams:
 
     ``fit_context``: ``max_tokens`` is a default that shrinks to the context left after the
     prompt. Off, as for a ``max_tokens`` a client asked for, a request that cannot fit is refused.
+    ``ignore_eos``: generate on past the end-of-generation token, up to ``max_tokens`` (vLLM's
+    and llama.cpp's extension of the same name): benchmarks compare servers on equal work.
     """
 
     max_tokens: int = 256
@@ -31,6 +33,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     fit_context: bool = True
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

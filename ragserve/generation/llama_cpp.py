@@ -21,9 +21,9 @@ import ctypes
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from ragserve.errors import ContextLengthError, InputError
 from ragserve.generation.base import (
@@ -34,7 +34,7 @@ from ragserve.generation.base import (
     completion_budget,
 )
 from ragserve.generation.chat import plain_transcript, render_jinja
-from ragserve.generation.llama_step import CHUNK, StepLoop
+from ragserve.generation.llama_step import CHUNK, Pick, StepLoop, ignore_logits
 from ragserve.generation.models import resolve_gguf
 from ragserve.generation.sampling import Sampler, top_tokens
 from ragserve.generation.streaming import StopTextStream
@@ -224,31 +224,32 @@ class LlamaCppGenerator:
         del seq.tokens[n:]
         seq.prompt_len = min(seq.prompt_len, n)
 
-    async def _prefill(self, seq: _Seq, tokens: list[int]) -> np.ndarray:
-        """Evaluate what the sequence's cache lacks of ``tokens``, a step per piece."""
+    async def _prefill(self, seq: _Seq, tokens: list[int], pick: Pick) -> Any:
+        """Evaluate what the sequence's cache lacks of ``tokens``, a step per piece; ``pick``
+        of the logits after the last."""
         reuse = seq.reusable(tokens)
         if reuse < len(seq.tokens):
             await self._loop.call(self._truncate, seq, reuse)
-        logits = None
-        for start, stop in prompt_pieces(reuse, len(tokens)):
-            logits = await self._eval(seq, tokens[start:stop])
+        pieces = prompt_pieces(reuse, len(tokens))
+        for k, (start, stop) in enumerate(pieces):
+            last = k == len(pieces) - 1
+            result = await self._eval(seq, tokens[start:stop], pick if last else ignore_logits)
             seq.prompt_len = stop
         self.stats["prompt_tokens"] += len(tokens)
         self.stats["evaluated_tokens"] += len(tokens) - reuse
-        assert logits is not None
-        return logits
+        return result
 
-    async def _eval(self, seq: _Seq, tokens: list[int]) -> np.ndarray:
-        """Append ``tokens`` to the sequence in the next step; the logits after the last."""
-        pos, future = self._submit(seq, tokens)
+    async def _eval(self, seq: _Seq, tokens: list[int], pick: Pick) -> Any:
+        """Append ``tokens`` to the sequence in the next step; ``pick`` of the logits after."""
+        pos, future = self._submit(seq, tokens, pick)
         return await self._wait(seq, pos, future)
 
-    def _submit(self, seq: _Seq, tokens: list[int]) -> tuple[int, asyncio.Future[np.ndarray]]:
+    def _submit(self, seq: _Seq, tokens: list[int], pick: Pick) -> tuple[int, asyncio.Future[Any]]:
         pos = len(seq.tokens)
         seq.tokens.extend(tokens)  # claimed now; undone by _wait if the step never runs them
-        return pos, self._loop.submit(seq.id, pos, tokens)
+        return pos, self._loop.submit(seq.id, pos, tokens, pick)
 
-    async def _wait(self, seq: _Seq, pos: int, future: asyncio.Future[np.ndarray]) -> np.ndarray:
+    async def _wait(self, seq: _Seq, pos: int, future: asyncio.Future[Any]) -> Any:
         try:
             return await future
         except BaseException:
@@ -279,12 +280,12 @@ class LlamaCppGenerator:
         produced = 0
         finish = "length"
         seq = await self._acquire(ids)
-        pending: tuple[int, asyncio.Future[np.ndarray]] | None = None
+        pending: tuple[int, asyncio.Future[int]] | None = None
         try:
-            logits = await self._prefill(seq, ids)
+            # The sampler runs on the step loop's thread, over the logits in place.
+            token = await self._prefill(seq, ids, sample)
             while produced < budget:
-                token = sample(logits)
-                if self._is_eog(self._vocab, token):
+                if not params.ignore_eos and self._is_eog(self._vocab, token):
                     finish = "stop"
                     break
                 produced += 1
@@ -294,13 +295,15 @@ class LlamaCppGenerator:
                     if text:
                         yield GenerationChunk(text, [token])
                     break
-                # Queue the next step before handing the token out, so this sequence makes the
-                # same step as every other one the last step woke.
+                # Queue the next step before handing the token out, and let every other
+                # sequence the last step woke queue too: the step then runs on the worker
+                # thread while the event loop sends this token to the client.
                 if produced < budget:
-                    pending = self._submit(seq, [token])
+                    pending = self._submit(seq, [token], sample)
+                    await asyncio.sleep(0)
                 yield GenerationChunk(text, [token])
                 if pending is not None:
-                    logits = await self._wait(seq, *pending)
+                    token = await self._wait(seq, *pending)
                     pending = None
                     self.stats["evaluated_tokens"] += 1
         finally:
@@ -328,7 +331,7 @@ class LlamaCppGenerator:
         seq = await self._acquire(lists[order[0]])
         try:
             for i in order:
-                out[i] = top_tokens(await self._prefill(seq, lists[i]), m)
+                out[i] = await self._prefill(seq, lists[i], partial(top_tokens, m=m))
         finally:
             self._release(seq)
         return out

@@ -2,9 +2,10 @@
 
 One llama.cpp context holds ``n_seq`` sequences, each in its own KV stream (``kv_unified`` off).
 Requests queue *jobs* (tokens to append to their sequence); a step takes the next token of every
-decoding sequence plus one prompt chunk, evaluates them in one ``llama_decode`` call on the
-worker thread, and hands each job the logits after its last token. A long prompt advances one
-chunk per step, so it never starves the streams beside it.
+decoding sequence plus up to ``CHUNK`` tokens of waiting prompts, evaluates them on the worker
+thread, and runs each job's ``pick`` (its sampler, say) there on the logits after its last token,
+read in place: the event loop gets a token id, not a megabyte of logits (Gemma's vocabulary is
+262k). A long prompt advances one chunk per step, so it never starves the streams beside it.
 
 Batch invariance (``deterministic``): a sequence's logits must not depend on what else is in its
 step. Found by measurement on this CPU build (``benchmarks/results/concurrency.md``):
@@ -27,20 +28,41 @@ import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 CHUNK = 64  # prompt tokens per step: bounds how long a prefilling request holds back the streams
 
 
+Pick = Callable[[np.ndarray], Any]  # runs on the worker thread over a view of the logits
+
+
+def copy_logits(logits: np.ndarray) -> np.ndarray:
+    return logits.copy()
+
+
+def ignore_logits(logits: np.ndarray) -> None:
+    """For a prompt piece before the last: nobody reads its logits."""
+
+
+@dataclass
+class _Failed:
+    """A pick that raised: the error goes to its own job only, not to the whole step."""
+
+    error: Exception
+
+
 @dataclass
 class Job:
-    """Append ``tokens`` to sequence ``seq`` at ``pos``; resolves to the logits after the last."""
+    """Append ``tokens`` to sequence ``seq`` at ``pos``; resolves to ``pick`` of the logits
+    after the last token."""
 
     seq: int
     pos: int
     tokens: list[int]
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Any]
+    pick: Pick = copy_logits
 
 
 @dataclass
@@ -72,9 +94,11 @@ class StepLoop:
 
     # -- event-loop side --
 
-    def submit(self, seq: int, pos: int, tokens: Sequence[int]) -> asyncio.Future[np.ndarray]:
+    def submit(
+        self, seq: int, pos: int, tokens: Sequence[int], pick: Pick = copy_logits
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        job = Job(seq, pos, list(tokens), loop.create_future())
+        job = Job(seq, pos, list(tokens), loop.create_future(), pick)
         self._pending.append(job)
         self._schedule(loop)
         return job.future
@@ -101,8 +125,16 @@ class StepLoop:
             j for j in self._pending if not j.future.done() and not j.future.get_loop().is_closed()
         ]
         decodes = [j for j in live if len(j.tokens) == 1]
-        prompts = [j for j in live if len(j.tokens) > 1]
-        take = decodes[: self.max_batch - CHUNK] + prompts[:1]
+        take = decodes[: self.max_batch - CHUNK]
+        # Prompt pieces, first come first served, up to CHUNK tokens a step (one piece at
+        # least): requests arriving together start decoding together, and the streams already
+        # decoding wait at most one chunk's worth of prompt.
+        budget = CHUNK
+        for job in (j for j in live if len(j.tokens) > 1):
+            if len(job.tokens) > budget and budget < CHUNK:
+                break
+            take.append(job)
+            budget -= len(job.tokens)
         taken = {id(j) for j in take}
         self._pending = [j for j in live if id(j) not in taken]
         return take
@@ -128,6 +160,8 @@ class StepLoop:
                 continue
             if error is not None:
                 job.future.set_exception(error)
+            elif isinstance(results[i], _Failed):
+                job.future.set_exception(results[i].error)
             else:
                 job.future.set_result(results[i])
         if self._pending:
@@ -135,24 +169,24 @@ class StepLoop:
 
     # -- worker-thread side --
 
-    def _step(self, jobs: list[Job]) -> list[np.ndarray]:
-        """The decode tokens in one ``llama_decode`` call, the prompt piece in another.
+    def _step(self, jobs: list[Job]) -> list[Any]:
+        """The decode tokens in one ``llama_decode`` call, each prompt piece in its own.
 
-        Apart because llama.cpp splits a mixed batch into equal shares per sequence, which
-        would cut a one-token piece off the prompt (see ``llama_cpp._Seq``).
+        Apart because llama.cpp splits a batch into equal shares per sequence, which would
+        cut a one-token piece off a prompt (see ``llama_cpp._Seq``).
         """
-        out: list[np.ndarray | None] = [None] * len(jobs)
+        out: list[Any] = [None] * len(jobs)
         decodes = [i for i, j in enumerate(jobs) if len(j.tokens) == 1]
-        prompts = [i for i, j in enumerate(jobs) if len(j.tokens) > 1]
-        for group in (decodes, prompts):
+        prompts = [[i] for i, j in enumerate(jobs) if len(j.tokens) > 1]
+        for group in (decodes, *prompts):
             if group:
                 for i, logits in zip(group, self._decode([jobs[i] for i in group]), strict=True):
                     out[i] = logits
         self.stats.steps += 1
         self.stats.widths[len(jobs)] = self.stats.widths.get(len(jobs), 0) + 1
-        return out  # type: ignore[return-value]
+        return out
 
-    def _decode(self, jobs: list[Job]) -> list[np.ndarray]:
+    def _decode(self, jobs: list[Job]) -> list[Any]:
         """One ``llama_decode`` call, sequences in id order (llama.cpp wants them so)."""
         import llama_cpp
 
@@ -177,9 +211,12 @@ class StepLoop:
         self.stats.decode_calls += 1
         self.stats.tokens += n
         out = []
-        for i in range(len(jobs)):
+        for i, job in enumerate(jobs):
             ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, last[i])
-            out.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+            try:
+                out.append(job.pick(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
+            except Exception as e:  # handed to the job's own request, not the step
+                out.append(_Failed(e))
         return out
 
     def shutdown(self) -> None:

@@ -207,6 +207,8 @@ class OpenAIUpstreamGenerator:
             body["stop"] = list(params.stop)
         if params.seed is not None:
             body["seed"] = params.seed
+        if params.ignore_eos:
+            body["ignore_eos"] = True  # vLLM's and llama.cpp's extension
         if self._ids_in_stream:
             body.update(_IDS_IN_LOGPROBS)
         return body

@@ -150,6 +150,7 @@ class VLLMGenerator:
             top_k=params.top_k or -1,
             stop=list(params.stop) or None,
             seed=params.seed,
+            ignore_eos=params.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
             **extra,
         )

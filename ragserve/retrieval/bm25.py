@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from ragserve.errors import InputError
 from ragserve.retrieval.base import Hit, check_doc_ids, check_queries
-from ragserve.retrieval.bm25_kernel import accumulate, search_rows
+from ragserve.retrieval.bm25_kernel import accumulate_ids, search_rows
 from ragserve.retrieval.text import WordTokenizer
 
 VARIANTS = {"lucene": "lucene", "okapi": "robertson"}
@@ -34,6 +34,8 @@ class BM25Retriever:
     name = "bm25"
 
     def __init__(self, weights: sp.csr_matrix, vocab: dict[str, int], tokenizer: WordTokenizer):
+        if not weights.has_sorted_indices:  # score() binary-searches each term's passages
+            weights.sort_indices()
         self._weights = weights
         self._vocab = vocab
         self._tokenize = tokenizer
@@ -116,7 +118,8 @@ class BM25Retriever:
     def score(self, query: str, doc_ids: Sequence[int]) -> list[float]:
         check_queries([query], 1, len(self))
         ids = check_doc_ids(doc_ids, len(self))
-        row = np.zeros(len(self), dtype=np.float64)
+        out = np.zeros(len(ids), dtype=np.float64)
         w = self._weights
-        accumulate(w.indptr, w.indices, w.data, np.asarray(self._term_ids(query), np.int64), row)
-        return [float(row[i]) for i in ids]
+        terms = np.asarray(self._term_ids(query), np.int64)
+        accumulate_ids(w.indptr, w.indices, w.data, terms, np.asarray(ids, np.int64), out)
+        return [float(x) for x in out]

@@ -19,6 +19,19 @@ def accumulate(indptr, indices, data, terms, out):  # type: ignore[no-untyped-de
             out[indices[p]] += data[p]
 
 
+@numba.njit(cache=True, nogil=True)
+def accumulate_ids(indptr, indices, data, terms, ids, out):  # type: ignore[no-untyped-def]
+    """``accumulate`` for the passages ``ids`` only: the same additions in the same order, so
+    the same scores, at the cost of a binary search per term and passage instead of a pass over
+    every posting (rows' passage ids are sorted)."""
+    for t in terms:
+        lo, hi = indptr[t], indptr[t + 1]
+        for j in range(len(ids)):
+            p = lo + np.searchsorted(indices[lo:hi], ids[j])
+            if p < hi and indices[p] == ids[j]:
+                out[j] += data[p]
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _worse(s1, d1, s2, d2):  # type: ignore[no-untyped-def]
     return s1 < s2 or (s1 == s2 and d1 > d2)

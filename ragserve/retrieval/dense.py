@@ -8,6 +8,7 @@ takes faiss's candidates and ranks them by that same exact function.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ class DenseRetriever:
         self._index = index
         self._vectors = vectors
         self._encoder = encoder
+        # Speculation encodes a query to rank its cache, then again to verify it: once is enough.
+        self._encode_query = functools.lru_cache(maxsize=4096)(encoder.encode_query)
         self.factory = factory
         self._exact = factory == "Flat"
         _tune(index, factory)
@@ -122,7 +125,7 @@ class DenseRetriever:
         k = check_queries(queries, k, len(self))
         if not queries:
             return []
-        qvecs = np.stack([self._encoder.encode_query(q) for q in queries])
+        qvecs = np.stack([self._encode_query(q) for q in queries])
         # Exact search fetches a few extra so float32 near-ties cannot hide a true top-k passage.
         fetch = min(len(self), k + 8 if self._exact else k)
         _, cand = self._index.search(qvecs, fetch)
@@ -137,4 +140,4 @@ class DenseRetriever:
     def score(self, query: str, doc_ids: Sequence[int]) -> list[float]:
         check_queries([query], 1, len(self))
         ids = np.asarray(check_doc_ids(doc_ids, len(self)), dtype=np.int64)
-        return [float(s) for s in self._exact_scores(self._encoder.encode_query(query), ids)]
+        return [float(s) for s in self._exact_scores(self._encode_query(query), ids)]

@@ -59,13 +59,16 @@ class RagParams(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    strategy: Literal["single", "auto_rag", "none"] = "single"
+    strategy: Literal["single", "auto_rag", "ralm", "none"] = "single"
     k: Int = Field(4, ge=1, le=50)
     retriever: str | None = None
     max_iterations: Int | None = Field(None, ge=1, le=20, description="auto_rag; default 5")
     max_passages: Int = Field(2, ge=1, le=10, description="auto_rag: new passages per step")
     demonstrations: bool = Field(True, description="auto_rag: worked examples for base models")
     trace: bool = Field(False, description="stream each step as a `rag_step` chunk")
+    speculative: bool = Field(
+        False, description="ralm: retrieve from the request's cache first, verify in batches"
+    )
 
 
 # OpenAI fields this server does not implement: a request that asks for them gets a 400 naming

@@ -1,4 +1,5 @@
-"""The vLLM backend against a real in-process vLLM engine serving the bundled model.
+"""The vLLM backend against a real in-process vLLM engine serving the bundled model: the engine
+of the server ``test_vllm_server.py`` talks to, with a 2048-token context.
 
 ``make test`` runs this module in ``.venv-vllm`` (vLLM's CPU build); ``scripts/gpu_check.sh`` runs
 it on CUDA. In the main environment vLLM is absent and the module is skipped with that reason.
@@ -7,49 +8,27 @@ it on CUDA. In the main environment vLLM is absent and the module is skipped wit
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator
 
 import pytest
 
 from ragserve.errors import ContextLengthError
 from ragserve.generation.base import SamplingParams
+from tests.conftest import LiveServer
 from tests.vllm import needs_vllm
 
 pytestmark = needs_vllm
 
 
-class Runner:
-    """One event loop for the whole module: the engine's output task lives on it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-
-    def __call__(self, coro):  # type: ignore[no-untyped-def]
-        return self.loop.run_until_complete(coro)
+@pytest.fixture
+def run(server: LiveServer):  # type: ignore[no-untyped-def]
+    """Runs a coroutine on the server's event loop, where its vLLM engine lives."""
+    return server.run
 
 
-@pytest.fixture(scope="module")
-def run() -> Iterator[Runner]:
-    runner = Runner()
-    yield runner
-    runner.loop.close()
-
-
-@pytest.fixture(scope="module")
-def gen(run: Runner):  # type: ignore[no-untyped-def]
-    from ragserve.generation.vllm import VLLMGenerator
-
-    async def make() -> VLLMGenerator:
-        return VLLMGenerator(
-            os.environ.get("RAGSERVE_VLLM_MODEL"),
-            max_model_len=2048,
-            tokenizer=os.environ.get("RAGSERVE_VLLM_TOKENIZER"),
-        )
-
-    g = run(make())
-    yield g
-    run(g.aclose())
+@pytest.fixture
+def gen(server: LiveServer):  # type: ignore[no-untyped-def]
+    """The ``VLLMGenerator`` the server answers with (``tests/vllm/conftest.py``)."""
+    return server.app.state.ragserve.engine.generator
 
 
 async def _tokens(gen, prompt, params: SamplingParams) -> tuple[list[int], list]:  # type: ignore[no-untyped-def]

@@ -1,36 +1,20 @@
 """``ragserve serve --generator vllm``: the real server over a real vLLM engine, on loopback.
 
-Runs where ``tests/vllm/test_vllm.py`` runs (``.venv-vllm`` or a GPU machine).
+Runs where ``tests/vllm/test_vllm.py`` runs (``.venv-vllm`` or a GPU machine), on the engine
+those tests use (``tests/vllm/conftest.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import CORPUS, LiveServer
+from tests.conftest import LiveServer
 from tests.vllm import needs_vllm
 
 pytestmark = needs_vllm
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    from ragserve.config import Settings
-    from ragserve.corpus.documents import Document
-    from ragserve.indexing import build_index, documents_checksum
-    from ragserve.server.app import create_app
-
-    root = tmp_path_factory.mktemp("indexes")
-    docs = [Document(r["id"], r["title"], r["text"]) for r in CORPUS]
-    source = {"source": "tests", "sha256": documents_checksum(docs)}
-    build_index(docs, source, "small", root, retrievers=["bm25"], progress=False)
-    settings = Settings(index_dir=root, index="small", generator="vllm", n_ctx=2048)
-    with LiveServer(create_app(settings), start_timeout=600) as live:
-        yield live
 
 
 def test_models_lists_the_bundled_model(server: LiveServer) -> None:

@@ -76,6 +76,7 @@ def to_rag_request(body: ChatCompletionRequest, state: ServerState) -> RagReques
         max_passages=body.rag.max_passages,
         demonstrations=body.rag.demonstrations,
         trace=body.rag.trace,
+        speculative=body.rag.speculative,
     )
     return RagRequest(messages=messages, params=params, rag=rag)
 

@@ -1,0 +1,193 @@
+"""``ralm``: In-Context RaLM as RaLMSpec ran it, with or without speculation.
+
+Every ``STRIDE`` generated tokens the last ``QUERY_TOKENS`` tokens of question-then-answer are the
+query; the top passage, cut to ``PASSAGE_TOKENS`` tokens, goes before the question, and the next
+tokens are generated over it. ``rag.speculative`` answers those retrievals from the request's
+cache first and verifies them in batches (``engine.speculative``): the same tokens, sooner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from ragserve.engine.events import Citation, Event, Finished, Retrieved, TokenText
+from ragserve.engine.prompt import NO_ANSWER, STOP
+from ragserve.engine.request import RagRequest
+from ragserve.engine.speculative import Search, SpecStats, Speculator
+from ragserve.generation.base import Generator, SamplingParams, Usage
+from ragserve.retrieval.base import Hit, Retriever
+
+if TYPE_CHECKING:
+    from ragserve.corpus import DocStore
+    from ragserve.engine.core import Engine
+
+STRIDE = 4  # tokens generated between retrievals
+QUERY_TOKENS = 32  # the query: this many last tokens of question + answer so far
+PASSAGE_TOKENS = 256  # the passage read, cut to this many tokens
+PREFETCH = 20  # passages the first retrieval brings into the speculation cache
+
+
+@dataclass(frozen=True)
+class RalmState:
+    """Where a request stands: the tokens generated, the passage each step read, and why it
+    ended (None while it goes on). Immutable, so a rollback is keeping an older one."""
+
+    generated: tuple[int, ...] = ()
+    passages: tuple[int, ...] = ()
+    finish: str | None = None
+
+
+class Ralm:
+    """One request's chain of retrieve-then-generate steps over one generator and retriever."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        retriever: Retriever,
+        docstore: DocStore,
+        search: Search,
+        question: str,
+        params: SamplingParams,
+        *,
+        speculative: bool = False,
+        asynchronous: bool = True,
+        prefetch: bool = True,
+        fixed_stride: int | None = None,
+        passage_tokens: int = PASSAGE_TOKENS,
+    ):
+        self.generator = generator
+        self.passage_tokens = passage_tokens
+        self.docstore = docstore
+        self.params = params
+        self.speculative = speculative
+        self.question_ids = generator.tokenize(question)
+        self.tail_ids = generator.tokenize(f"\n\nQuestion: {question}\nAnswer:")
+        self._headers: dict[int, list[int]] = {}
+        self.speculator: Speculator[RalmState] = Speculator(
+            retriever,
+            search,
+            self.query,
+            self.advance,
+            k=1,
+            search_k=PREFETCH,
+            prefetch=prefetch,
+            fixed_stride=fixed_stride,
+            asynchronous=asynchronous,
+        )
+        self.prompt_tokens = 0
+
+    @property
+    def stats(self) -> SpecStats:
+        return self.speculator.stats
+
+    def query(self, state: RalmState) -> str | None:
+        if state.finish is not None:
+            return None
+        window = [*self.question_ids, *state.generated][-QUERY_TOKENS:]
+        text = self.generator.detokenize(window).strip()
+        return text or self.generator.detokenize(self.question_ids).strip() or "?"
+
+    def _header(self, passage_id: int) -> list[int]:
+        """BOS and the passage, cut to ``passage_tokens`` tokens (read once per request)."""
+        if passage_id not in self._headers:
+            p = self.docstore.get([passage_id])[0]
+            text = f"{p.title}: {p.text}" if p.title else p.text
+            ids = self.generator.tokenize(text, special=True)
+            self._headers[passage_id] = ids[: self.passage_tokens + 1]
+        return self._headers[passage_id]
+
+    async def advance(self, state: RalmState, hits: list[Hit]) -> RalmState:
+        """Up to ``STRIDE`` tokens over the top passage."""
+        passage = hits[0].doc_id
+        header = await asyncio.to_thread(self._header, passage)
+        prompt = [*header, *self.tail_ids, *state.generated]
+        self.prompt_tokens = len(prompt)
+        n = min(STRIDE, self.params.max_tokens - len(state.generated))
+        params = replace(self.params, max_tokens=n, stop=(), fit_context=False)
+        new: list[int] = []
+        finish = None
+        async for chunk in self.generator.generate(prompt, params):
+            new.extend(chunk.token_ids)
+            if chunk.finish_reason == "stop":
+                finish = "stop"  # the end of generation
+        generated = (*state.generated, *new)
+        if finish is None and len(generated) >= self.params.max_tokens:
+            finish = "length"
+        if finish is None and _stop_at(self.generator.detokenize(generated)) is not None:
+            finish = "stop"
+        return RalmState(generated, (*state.passages, passage), finish)
+
+    async def run(self, on_verified=None) -> RalmState:  # type: ignore[no-untyped-def]
+        if self.speculative:
+            return await self.speculator.run(RalmState(), on_verified)
+        return await self.speculator.plain(RalmState(), on_verified)
+
+
+def _stop_at(text: str) -> int | None:
+    """Where the answer ends: the first stop string a base model writes after its answer."""
+    cuts = [i for i in (text.find(s) for s in STOP) if i >= 0]
+    return min(cuts) if cuts else None
+
+
+def answer_text(generator: Generator, state: RalmState) -> str:
+    text = generator.detokenize(state.generated)
+    cut = _stop_at(text)
+    return text if cut is None else text[:cut]
+
+
+async def ralm(engine: Engine, request: RagRequest) -> AsyncIterator[Event]:
+    """The ``ralm`` strategy: verified text streams as it is verified; citations at the end."""
+    rag = request.rag
+    retriever = engine.retriever(rag.retriever)
+    run = Ralm(
+        engine.generator,
+        retriever,
+        engine.docstore,
+        engine.searcher(rag.retriever),
+        request.question,
+        request.params,
+        speculative=rag.speculative,
+    )
+    verified: asyncio.Queue[RalmState | None] = asyncio.Queue()
+
+    async def drive() -> RalmState:
+        try:
+            return await run.run(verified.put_nowait)
+        finally:
+            verified.put_nowait(None)
+
+    task = asyncio.ensure_future(drive())
+    sent = ""
+    try:
+        while (state := await verified.get()) is not None:
+            text = answer_text(engine.generator, state).lstrip()
+            if state.finish is None:  # a character still being written may change
+                text = text.rstrip("\ufffd")
+            if text.startswith(sent) and len(text) > len(sent):
+                yield TokenText(text[len(sent) :])
+                sent = text
+        final = await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if not sent:
+        yield TokenText(NO_ANSWER["ralm"])
+    citations = _citations(engine.docstore, final.passages)
+    yield Retrieved(request.question, citations)
+    usage = Usage(run.prompt_tokens, len(final.generated))
+    yield Finished(final.finish or "length", usage)
+
+
+def _citations(docstore: DocStore, passages: Sequence[int]) -> list[Citation]:
+    """The passages the answer was generated over, in the order first read."""
+    ids = list(dict.fromkeys(passages))
+    return [
+        Citation(i + 1, p.id, p.external_id, p.doc_id, p.title, p.text, 0.0)
+        for i, p in enumerate(docstore.get(ids))
+    ]

@@ -1,0 +1,205 @@
+"""``ragserve bench spec``: RaLMSpec against the plain loop, same prompts, one run, every output
+checked token for token.
+
+Variants, as the paper names them: ``spec`` (speculation alone: a cache of the passages read,
+stride 3, verification waited for), ``P`` (+ prefetch: the cache takes every hit of each real
+search), ``S`` (+ OS³ stride), ``A`` (+ asynchronous verification) and ``PSA`` (all three).
+
+Retrieval grows with the corpus and generation does not, so ``--distractors N`` adds N synthetic
+passages: sentences of real passages recombined, their vectors real vectors perturbed and
+renormalised (the encoder never sees them). Their text exists, so a distractor that wins a
+retrieval is read like any passage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ragserve.corpus.documents import Passage
+from ragserve.engine.ralm import Ralm, RalmState
+from ragserve.generation.base import Generator, SamplingParams
+from ragserve.retrieval.base import Hit, Retriever
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "spec": {"prefetch": False, "fixed_stride": 3, "asynchronous": False},
+    "P": {"prefetch": True, "fixed_stride": 3, "asynchronous": False},
+    "S": {"prefetch": False, "fixed_stride": None, "asynchronous": False},
+    "A": {"prefetch": False, "fixed_stride": 3, "asynchronous": True},
+    "PSA": {"prefetch": True, "fixed_stride": None, "asynchronous": True},
+}
+
+
+class WithDistractors:
+    """A docstore whose passage ids past the real ones are synthetic: recombined real sentences,
+    the same text for the same id every time."""
+
+    def __init__(self, docstore, n_real: int, sentences: Sequence[str], seed: int = 0):  # type: ignore[no-untyped-def]
+        self.docstore = docstore
+        self.n_real = n_real
+        self.sentences = list(sentences)
+        self.seed = seed
+
+    def text(self, i: int) -> str:
+        rng = random.Random(self.seed * 1_000_003 + i)
+        return " ".join(rng.choice(self.sentences) for _ in range(3))
+
+    def get(self, ids: Sequence[int]) -> list[Passage]:
+        real = {p.id: p for p in self.docstore.get([i for i in ids if i < self.n_real])}
+        return [
+            real[i] if i < self.n_real else Passage(i, f"distractor-{i}", f"distractor-{i}", "",
+                                                    self.text(i))
+            for i in ids
+        ]  # fmt: skip
+
+
+def sentences_of(texts: Sequence[str], limit: int = 200_000) -> list[str]:
+    out = []
+    for t in texts:
+        out.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+", t) if len(s.split()) >= 4)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def dense_with_distractors(dense, n: int, factory: str, seed: int = 0):  # type: ignore[no-untyped-def]
+    """The dense retriever over its vectors plus ``n`` perturbed copies (renormalised)."""
+    from ragserve.retrieval.dense import DenseRetriever, make_faiss_index
+
+    real = np.ascontiguousarray(dense._vectors, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    parts = [real]
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        base = real[rng.integers(0, len(real), m)]
+        v = base + rng.normal(scale=0.08, size=base.shape).astype(np.float32)
+        parts.append(v / np.linalg.norm(v, axis=1, keepdims=True))
+    vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+    return DenseRetriever(make_faiss_index(vectors, factory), vectors, dense._encoder, factory)
+
+
+@dataclass
+class Run:
+    latency_s: float
+    state: RalmState
+    stats: Any
+    search_s: float
+
+
+async def run_one(
+    generator: Generator,
+    retriever: Retriever,
+    docstore,  # type: ignore[no-untyped-def]
+    question: str,
+    max_tokens: int,
+    variant: str | None,
+) -> Run:
+    spent = [0.0]
+
+    async def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
+        t = time.perf_counter()
+        try:
+            return await asyncio.to_thread(retriever.search, queries, k)
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    opts = VARIANTS.get(variant or "", {})
+    ralm = Ralm(generator, retriever, docstore, search, question,
+                SamplingParams(max_tokens=max_tokens), speculative=variant is not None,
+                **opts)  # fmt: skip
+    t = time.perf_counter()
+    state = await ralm.run()
+    return Run(time.perf_counter() - t, state, ralm.stats, spent[0])
+
+
+def bench(
+    generator: Generator,
+    retriever: Retriever,
+    docstore,  # type: ignore[no-untyped-def]
+    questions: Sequence[str],
+    variants: Sequence[str],
+    max_tokens: int = 128,
+) -> dict[str, Any]:
+    """Each question through the baseline and each variant, one request at a time."""
+
+    async def go() -> dict[str, list[Run]]:
+        out: dict[str, list[Run]] = {"base": []}
+        for v in variants:
+            out[v] = []
+        for q in questions:
+            # Interleaved per question: machine noise falls on every variant alike.
+            out["base"].append(await run_one(generator, retriever, docstore, q, max_tokens, None))
+            for v in variants:
+                out[v].append(await run_one(generator, retriever, docstore, q, max_tokens, v))
+        return out
+
+    runs = asyncio.run(go())
+    base = runs["base"]
+    base_s = sum(r.latency_s for r in base)
+    share = sum(r.search_s for r in base) / base_s
+    rows = {
+        "base": {
+            "mean_latency_s": round(base_s / len(base), 3),
+            "retrieval_share": round(share, 3),
+            "amdahl_bound": round(1 / max(1 - share, 1e-9), 2),
+            "searches": sum(r.stats.searches for r in base),
+            "steps": sum(r.stats.steps for r in base),
+        }
+    }
+    for v in variants:
+        rs = runs[v]
+        total = sum(r.latency_s for r in rs)
+        guessed = sum(r.stats.cache_hits for r in rs)
+        searches = sum(r.stats.searches for r in rs)
+        rows[v] = {
+            "mean_latency_s": round(total / len(rs), 3),
+            "speedup": round(base_s / total, 3),
+            "identical": sum(a.state == b.state for a, b in zip(base, rs, strict=True)),
+            "outputs": len(rs),
+            "acceptance": round(sum(r.stats.accepted for r in rs) / max(guessed, 1), 3),
+            "searches": searches,
+            "searches_saved": round(1 - searches / rows["base"]["searches"], 3),
+            "rollbacks": sum(r.stats.rollbacks for r in rs),
+            "mean_stride": round(float(np.mean([s for r in rs for s in r.stats.strides])), 2),
+        }  # fmt: skip
+    return rows
+
+
+def bm25_with_distractors(docs: WithDistractors, n: int):  # type: ignore[no-untyped-def]
+    """BM25 fitted anew over the real passages and ``n`` synthetic ones."""
+    from ragserve.retrieval.bm25 import BM25Retriever
+
+    real = [f"{p.title} {p.text}" for p in docs.docstore.get(list(range(docs.n_real)))]
+    fake = (docs.text(i) for i in range(docs.n_real, docs.n_real + n))
+    return BM25Retriever.fit([*real, *fake])
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [
+        f"### {res['retriever']} on {res['data']}: {res['passages']:,} passages "
+        f"({res['distractors']:,} synthetic), {res['prompts']} prompts, `{res['strategy']}`",
+        "",
+        f"Baseline: {res['rows']['base']['mean_latency_s']} s per request, "
+        f"{res['rows']['base']['retrieval_share']:.0%} of it in retrieval "
+        f"(Amdahl bound {res['rows']['base']['amdahl_bound']}×).",
+        "",
+        "| variant | s per request | speed-up | identical | acceptance | searches saved "
+        "| rollbacks | mean stride |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v, r in res["rows"].items():
+        if v == "base":
+            continue
+        lines.append(
+            f"| {v} | {r['mean_latency_s']} | {r['speedup']}× | {r['identical']}/{r['outputs']} "
+            f"| {r['acceptance']} | {r['searches_saved']:.0%} | {r['rollbacks']} "
+            f"| {r['mean_stride']} |"
+        )
+    return "\n".join(lines) + "\n"

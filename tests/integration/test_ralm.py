@@ -1,0 +1,100 @@
+"""``ralm`` with and without speculation on the real model, the real demo index and each real
+retriever: the same tokens for every question, and through the server the same answer."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ragserve.engine.core import Engine
+from ragserve.engine.ralm import Ralm, RalmState
+from ragserve.generation.base import SamplingParams
+from ragserve.indexing import load_index
+from tests.conftest import LiveServer
+
+N_QUESTIONS = 50
+
+
+@pytest.fixture(scope="module")
+def engine(demo_index_dir: Path, generator):  # type: ignore[no-untyped-def]
+    index = load_index(demo_index_dir, "python-docs", ["bm25", "dense"])
+    retrievers = dict(index.retrievers)
+    retrievers["hnsw"] = retrievers["dense"].with_factory("HNSW32")
+    yield Engine(retrievers, index.docstore, generator, "bm25")
+    index.close()
+
+
+def questions(engine: Engine) -> list[str]:
+    """Questions about the demo corpus, one per passage title, spread over the corpus."""
+    n = len(engine.retrievers["bm25"])
+    titles = [p.title for p in engine.docstore.get(list(range(0, n, n // (2 * N_QUESTIONS))))]
+    return [f"What does {t} do in Python?" for t in dict.fromkeys(titles)][:N_QUESTIONS]
+
+
+@pytest.mark.parametrize("retriever", ["bm25", "dense", "hnsw"])
+def test_speculation_gives_the_same_tokens(engine: Engine, retriever: str) -> None:
+    qs = questions(engine)
+    assert len(qs) == N_QUESTIONS
+    # Shorter than the method's 128 tokens over 256-token passages, so that 2 x 50 requests per
+    # retriever fit a test run; the chain still has 3 retrievals, 2 of them guessed.
+    params = SamplingParams(max_tokens=12)
+
+    async def run(speculative: bool) -> list[tuple[Ralm, RalmState]]:
+        runs = [
+            Ralm(engine.generator, engine.retriever(retriever), engine.docstore,
+                 engine.searcher(retriever), q, params, speculative=speculative,
+                 passage_tokens=48)
+            for q in qs
+        ]  # fmt: skip
+        slots = asyncio.Semaphore(8)  # as many as the model's sequences: each keeps its cache
+
+        async def one(r: Ralm) -> RalmState:
+            async with slots:
+                return await r.run()
+
+        return list(zip(runs, await asyncio.gather(*(one(r) for r in runs)), strict=True))
+
+    plain = asyncio.run(run(False))
+    spec = asyncio.run(run(True))
+    assert sum(a[1] == b[1] for a, b in zip(plain, spec, strict=True)) == N_QUESTIONS
+    assert any(len(final.generated) > 4 for _, final in plain)
+    steps = sum(r.stats.steps for r, _ in plain)
+    assert sum(r.stats.searches for r, _ in plain) == steps  # the baseline searches every step
+    assert sum(r.stats.searches for r, _ in spec) < steps  # speculation saves real searches
+    assert sum(r.stats.accepted for r, _ in spec) > 0
+
+
+def test_ralm_through_the_server_streams_the_same_answer(live_server: LiveServer) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{live_server.url}/v1", api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": "What does the nonlocal statement do?"}]
+    answers = []
+    for speculative in (False, True):
+        rag = {"strategy": "ralm", "speculative": speculative, "retriever": "bm25"}
+        resp = client.chat.completions.create(
+            model="ragserve", messages=question, max_tokens=32, extra_body={"rag": rag}
+        )
+        body = resp.model_dump()
+        assert body["citations"], "the passages read are cited"
+        answers.append(resp.choices[0].message.content)
+        stream = client.chat.completions.create(
+            model="ragserve", messages=question, max_tokens=32, stream=True,
+            extra_body={"rag": rag},
+        )  # fmt: skip
+        answers.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    assert answers[0] and len(set(answers)) == 1
+
+
+def test_ralm_rejects_an_unknown_retriever(live_server: LiveServer) -> None:
+    r = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        json={"model": "ragserve", "messages": [{"role": "user", "content": "hi"}],
+              "rag": {"strategy": "ralm", "retriever": "nope", "speculative": True}},
+        timeout=60,
+    )  # fmt: skip
+    assert r.status_code == 400
+    assert "retriever 'nope' is not available" in r.json()["error"]["message"]
