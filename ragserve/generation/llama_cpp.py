@@ -336,6 +336,12 @@ class LlamaCppGenerator:
             self._release(seq)
         return out
 
+    async def reset_prefix_cache(self) -> None:
+        """Forget the prompts idle sequences hold (as vLLM's method of that name): a benchmark
+        starts each run cold, not on the cache of the run before it."""
+        for seq in list(self._free):
+            await self._loop.call(self._truncate, seq, 0)
+
     async def aclose(self) -> None:
         """Wait for running requests to hand their sequences back, then free the model."""
         for seq in list(self._seqs):
