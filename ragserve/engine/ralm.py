@@ -117,7 +117,8 @@ class Ralm:
         generated = (*state.generated, *new)
         if finish is None and len(generated) >= self.params.max_tokens:
             finish = "length"
-        if finish is None and _stop_at(self.generator.detokenize(generated)) is not None:
+        text = self.generator.detokenize(generated)
+        if finish is None and _stop_at(text, self.params.stop) is not None:
             finish = "stop"
         return RalmState(generated, (*state.passages, passage), finish)
 
@@ -127,15 +128,16 @@ class Ralm:
         return await self.speculator.plain(RalmState(), on_verified)
 
 
-def _stop_at(text: str) -> int | None:
-    """Where the answer ends: the first stop string a base model writes after its answer."""
-    cuts = [i for i in (text.find(s) for s in STOP) if i >= 0]
+def _stop_at(text: str, stop: Sequence[str] = ()) -> int | None:
+    """Where the answer ends: the request's own stop strings, or one a base model writes after
+    its answer."""
+    cuts = [i for i in (text.find(s) for s in (*stop, *STOP)) if i >= 0]
     return min(cuts) if cuts else None
 
 
-def answer_text(generator: Generator, state: RalmState) -> str:
+def answer_text(generator: Generator, state: RalmState, stop: Sequence[str] = ()) -> str:
     text = generator.detokenize(state.generated)
-    cut = _stop_at(text)
+    cut = _stop_at(text, stop)
     return text if cut is None else text[:cut]
 
 
@@ -164,7 +166,7 @@ async def ralm(engine: Engine, request: RagRequest) -> AsyncIterator[Event]:
     sent = ""
     try:
         while (state := await verified.get()) is not None:
-            text = answer_text(engine.generator, state).lstrip()
+            text = answer_text(engine.generator, state, request.params.stop).lstrip()
             if state.finish is None:  # a character still being written may change
                 text = text.rstrip("\ufffd")
             if text.startswith(sent) and len(text) > len(sent):

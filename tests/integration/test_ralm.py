@@ -87,6 +87,12 @@ def test_ralm_through_the_server_streams_the_same_answer(live_server: LiveServer
         )  # fmt: skip
         answers.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
     assert answers[0] and len(set(answers)) == 1
+    word = answers[0].split()[1]
+    cut = client.chat.completions.create(
+        model="ragserve", messages=question, max_tokens=32, stop=[word],
+        extra_body={"rag": {"strategy": "ralm", "speculative": True, "retriever": "bm25"}},
+    )  # fmt: skip
+    assert cut.choices[0].message.content == answers[0][: answers[0].index(word)]
 
 
 def test_ralm_rejects_an_unknown_retriever(live_server: LiveServer) -> None:
