@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ragserve.engine.events import Citation, Event, Finished, Retrieved, TokenText
 from ragserve.engine.prompt import NO_ANSWER, STOP
@@ -54,11 +54,11 @@ class Ralm:
         params: SamplingParams,
         *,
         speculative: bool = False,
-        asynchronous: bool = True,
-        prefetch: bool = True,
-        fixed_stride: int | None = None,
         passage_tokens: int = PASSAGE_TOKENS,
+        **speculation: Any,
     ):
+        """``speculation``: ``Speculator`` options (``prefetch``, ``fixed_stride``,
+        ``asynchronous``), which the benchmark varies."""
         self.generator = generator
         self.passage_tokens = passage_tokens
         self.docstore = docstore
@@ -74,9 +74,7 @@ class Ralm:
             self.advance,
             k=1,
             search_k=PREFETCH,
-            prefetch=prefetch,
-            fixed_stride=fixed_stride,
-            asynchronous=asynchronous,
+            **speculation,
         )
         self.prompt_tokens = 0
 
@@ -103,7 +101,7 @@ class Ralm:
     async def advance(self, state: RalmState, hits: list[Hit]) -> RalmState:
         """Up to ``STRIDE`` tokens over the top passage."""
         passage = hits[0].doc_id
-        header = await asyncio.to_thread(self._header, passage)
+        header = self._headers.get(passage) or await asyncio.to_thread(self._header, passage)
         prompt = [*header, *self.tail_ids, *state.generated]
         self.prompt_tokens = len(prompt)
         n = min(STRIDE, self.params.max_tokens - len(state.generated))

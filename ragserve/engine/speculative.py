@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ragserve.retrieval.base import Hit, Retriever, top_k
+from ragserve.retrieval.base import Hit, Retriever
 
 S = TypeVar("S")  # a strategy's state: immutable, so rolling back is keeping an old one
 
@@ -52,11 +52,8 @@ class LocalCache:
 
     def search(self, query: str, k: int) -> list[Hit]:
         ids = list(self.ids)
-        scores = self.retriever.score(query, ids)
-        # top_k breaks ties by position; positions in sorted id order break them by passage id.
-        order = sorted(range(len(ids)), key=ids.__getitem__)
-        best = top_k([scores[i] for i in order], k)
-        return [Hit(ids[order[h.doc_id]], h.score) for h in best]
+        hits = map(Hit, ids, self.retriever.score(query, ids))
+        return sorted(hits, key=lambda h: (-h.score, h.doc_id))[:k]  # ties: lower id, as search
 
 
 @dataclass

@@ -38,10 +38,6 @@ CHUNK = 64  # prompt tokens per step: bounds how long a prefilling request holds
 Pick = Callable[[np.ndarray], Any]  # runs on the worker thread over a view of the logits
 
 
-def copy_logits(logits: np.ndarray) -> np.ndarray:
-    return logits.copy()
-
-
 def ignore_logits(logits: np.ndarray) -> None:
     """For a prompt piece before the last: nobody reads its logits."""
 
@@ -62,7 +58,7 @@ class Job:
     pos: int
     tokens: list[int]
     future: asyncio.Future[Any]
-    pick: Pick = copy_logits
+    pick: Pick
 
 
 @dataclass
@@ -94,9 +90,7 @@ class StepLoop:
 
     # -- event-loop side --
 
-    def submit(
-        self, seq: int, pos: int, tokens: Sequence[int], pick: Pick = copy_logits
-    ) -> asyncio.Future[Any]:
+    def submit(self, seq: int, pos: int, tokens: Sequence[int], pick: Pick) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         job = Job(seq, pos, list(tokens), loop.create_future(), pick)
         self._pending.append(job)
