@@ -21,7 +21,7 @@ else
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON
 endif
 
-.PHONY: install vllm-install serve test test-vllm lint index bench clean
+.PHONY: install vllm-install vllm-env serve test test-main test-vllm lint index bench clean
 
 install: $(STAMP)
 
@@ -60,16 +60,23 @@ index: install
 serve: index
 	$(BIN)/ragserve serve --host $(HOST) --port $(PORT)
 
+# The main suite is CPU-bound and vLLM's install mostly waits on downloads, so they run side by
+# side (-j2); a failure in either fails the target once both have finished.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(MAKE) -j2 test-main vllm-env
 	$(MAKE) test-vllm
+
+test-main: install
+	$(BIN)/pytest -q
 
 # The vLLM backend against a real engine: vLLM's CPU build ships for Linux only.
 ifeq ($(shell uname -s),Linux)
+vllm-env: vllm-install
 test-vllm: vllm-install
 	$(VLLM_VENV)/bin/pytest -q -p no:cacheprovider tests/vllm
 else
+vllm-env:
 test-vllm:
 	@echo "tests/vllm not run: vLLM's CPU build is Linux-only (run scripts/gpu_check.sh on CUDA)"
 endif

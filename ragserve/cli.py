@@ -232,8 +232,6 @@ def cmd_bench_spec(args: argparse.Namespace) -> int:
     )
     from ragserve.generation.factory import create_generator
 
-    if args.strategy != "ralm":
-        raise InputError("bench spec measures the ralm strategy; auto_rag speculation is not built")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -263,7 +261,9 @@ def cmd_bench_spec(args: argparse.Namespace) -> int:
             elif factory != real.factory:
                 retriever = real.with_factory(factory)
         questions = [q for _, q in dataset.queries[: args.num_prompts]]
-        rows = bench(generator, retriever, docs, questions, variants, args.max_tokens)
+        rows = bench(
+            generator, retriever, docs, questions, variants, args.max_tokens, args.strategy
+        )
     finally:
         asyncio.run(generator.aclose())
         index.close()

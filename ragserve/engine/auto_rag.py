@@ -13,18 +13,24 @@ models get the same turns as chat messages and no demonstrations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from ragserve.engine.answer_guard import RepeatGuard
 from ragserve.engine.events import Citation, Event, Finished, Retrieved, Step, TokenText
 from ragserve.engine.prompt import NO_ANSWER
 from ragserve.engine.request import RagRequest
+from ragserve.engine.speculative import Search, SpecStats, Speculator, verified_states
 from ragserve.generation.base import Generator, Usage
 from ragserve.generation.chat import plain_transcript
+from ragserve.retrieval.base import Hit, Retriever
+
+if TYPE_CHECKING:
+    from ragserve.corpus import DocStore
 
 SYSTEM = (
     "Answer the question by retrieving external knowledge. Extract useful information from each"
@@ -67,6 +73,7 @@ ANSWER_TOKENS = 48
 PASSAGE_WORDS = 120
 QUERY_WORDS = 32
 DOCUMENT_TOKENS = 220  # a document line of PASSAGE_WORDS words, with room to spare
+PREFETCH = 20  # passages a search brings into the speculation cache (at least)
 
 _QUERY = re.compile(r"Query:[ \t]*([^\n]*)")
 _FINAL = re.compile(r"Final Answer:[ \t]*([^\n]*)")
@@ -92,10 +99,6 @@ def parse_turn(text: str) -> Turn:
     return Turn(None, None)
 
 
-class Retrieve(Protocol):
-    async def __call__(self, query: str, k: int) -> list[Citation]: ...
-
-
 def _finding(turn: str) -> str:
     """What a turn says it found: its text without the query it asks for."""
     return " ".join(_QUERY.sub("", turn).split())
@@ -115,23 +118,20 @@ class Transcript:
         self.chat = not is_base_model(generator)
         self.question = question
         self.demonstrations = demonstrations and not self.chat
-        self.turns: list[tuple[str, str]] = []  # (role, text): "model" or "documents"
 
-    def add(self, role: str, text: str) -> None:
-        self.turns.append((role, text.strip()))
-
-    def prompt(self, prefix: str = "") -> str:
-        """The prompt for the next model turn, which begins with ``prefix``."""
+    def prompt(self, turns: Sequence[tuple[str, str]], prefix: str = "") -> str:
+        """The prompt for the next model turn after ``turns`` ((role, text): "model" or
+        "documents"), which begins with ``prefix``."""
         if self.chat:
             messages = [{"role": "system", "content": SYSTEM}]
             messages.append({"role": "user", "content": f"Question: {self.question}"})
-            for role, text in self.turns:
+            for role, text in turns:
                 messages.append(
                     {"role": "assistant" if role == "model" else "user", "content": text}
                 )
             return self.generator.chat_template(messages) + prefix
         head = [SYSTEM, DEMONSTRATIONS] if self.demonstrations else [SYSTEM]
-        body = "\n".join([f"Question: {self.question}", *(t for _, t in self.turns)])
+        body = "\n".join([f"Question: {self.question}", *(t for _, t in turns)])
         return "\n\n".join([*head, body]) + "\n" + prefix
 
 
@@ -141,65 +141,85 @@ def is_base_model(generator: Generator) -> bool:
     return generator.chat_template(probe) == plain_transcript(probe)
 
 
-@dataclass
-class AutoRag:
-    """One request's loop: turns, retrievals, the fallback, and the final answer."""
+@dataclass(frozen=True)
+class AutoRagState:
+    """Where one request's loop stands. Immutable, so a rollback (``engine.speculative``) is
+    keeping an older one; ``events`` are what the loop has to say so far."""
 
-    generator: Generator
-    retrieve: Retrieve
-    request: RagRequest
+    turns: tuple[tuple[str, str], ...] = ()
+    read: tuple[int, ...] = ()  # passages read, in order
+    usage: Usage = field(default_factory=lambda: Usage(0, 0))
+    iteration: int = 0  # model turns taken
+    query: str = ""  # the last query asked (the question before any)
+    last_finding: str = ""
+    wants: str | None = None  # the query to retrieve for next; None once the loop is over
+    asked: float = 0.0  # when ``wants`` was asked, for the retrieval step's time
+    answer: str | None = None
+    converged: bool = False
+    events: tuple[Event, ...] = ()
+
+
+class AutoRag:
+    """One request's loop: turns, retrievals, the fallback, and the final answer.
+
+    Turn → query → passages → turn is a chain of retrieval steps for ``engine.speculative``:
+    with ``rag.speculative`` a refined query is answered from the request's cache and the next
+    turn generates on that guess while the real search runs; a wrong guess is rolled back.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        retriever: Retriever,
+        docstore: DocStore,
+        search: Search,
+        request: RagRequest,
+        **speculation: Any,
+    ):
+        """``speculation``: ``Speculator`` options (``prefetch``, ``fixed_stride``,
+        ``asynchronous``), which the benchmark varies."""
+        opts = request.rag
+        self.generator = generator
+        self.docstore = docstore
+        self.request = request
+        self.transcript = Transcript(generator, request.question, opts.demonstrations)
+        # Room for a turn, its documents, then the fallback document and the answer.
+        self.reserve = 3 * TURN_TOKENS + opts.max_passages * DOCUMENT_TOKENS + ANSWER_TOKENS
+        # Deep enough that the unread passages a step reads are among the hits in every mode.
+        depth = max(PREFETCH, opts.max_passages * (opts.max_iterations + 1))
+        self.speculator: Speculator[AutoRagState] = Speculator(
+            retriever,
+            search,
+            lambda state: state.wants,
+            self.advance,
+            k=depth,
+            search_k=depth,
+            pick=self.unread,
+            **speculation,
+        )
+
+    @property
+    def stats(self) -> SpecStats:
+        return self.speculator.stats
 
     async def run(self) -> AsyncIterator[Event]:
         opts = self.request.rag
-        question = self.request.question
-        transcript = Transcript(self.generator, question, opts.demonstrations)
-        read: set[int] = set()
-        usage = Usage(0, 0)
-        query, answer = question, None
-        last_finding, converged = "", False
-        # Room for a turn, its documents, then the fallback document and the answer.
-        reserve = 3 * TURN_TOKENS + opts.max_passages * DOCUMENT_TOKENS + ANSWER_TOKENS
-        for iteration in range(1, opts.max_iterations + 1):
-            # A base model is started on the turn's first words, as the demonstrations begin
-            # them; left alone after documents, it goes on writing documents.
-            opening = "" if transcript.chat else ("Intermediate Answer:" if read else "Analysis:")
-            prompt = transcript.prompt(opening)
-            if await self._room(prompt) < reserve:
-                break  # the context is nearly full: fall back and answer now
-            t0 = time.perf_counter()
-            text, used = await self._generate(prompt, TURN_TOKENS, TURN_STOP)
-            text = opening + text
-            usage = _add(usage, used)
-            transcript.add("model", text)
-            turn = parse_turn(text)
-            yield Step(iteration, "model", text, turn.query, (), time.perf_counter() - t0)
-            if turn.answer is not None:
-                answer = turn.answer
-                break
-            finding = _finding(text)
-            if finding and finding == last_finding:
-                converged = True  # it has nothing new to say: ask for its answer now
-                break
-            last_finding = finding
-            query = turn.query or query
-            t0 = time.perf_counter()
-            fresh = await self._unread(query, read)
-            read.update(c.passage_id for c in fresh)
-            transcript.add("documents", "\n".join(_document(c.index, c) for c in fresh))
-            yield Retrieved(query, fresh)
-            yield Step(
-                iteration,
-                "retrieval",
-                "",
-                query,
-                tuple(c.external_id for c in fresh),
-                time.perf_counter() - t0,
-            )
+        first = await self.turn(AutoRagState(query=self.request.question))
+        for event in first.events:
+            yield event
+        state, told = first, len(first.events)
+        chain = self.speculator.run if opts.speculative else self.speculator.plain
+        async with contextlib.aclosing(verified_states(chain, first)) as states:
+            async for state in states:
+                for event in state.events[told:]:
+                    yield event
+                told = len(state.events)
+        turns, answer, usage = list(state.turns), state.answer, state.usage
         if answer is None:
             fallback = (
-                self._answer(transcript)
-                if converged
-                else self._fallback(transcript, query, len(read))
+                self._answer(turns)
+                if state.converged
+                else self._fallback(turns, state.query, len(state.read))
             )
             async for event in fallback:
                 if isinstance(event, str):
@@ -211,51 +231,113 @@ class AutoRag:
         async for event in self._final(answer or "", usage):
             yield event
 
-    async def _unread(self, query: str, read: set[int]) -> list[Citation]:
-        """Up to ``max_passages`` passages for ``query`` that this request has not read."""
-        want = self.request.rag.max_passages
-        hits = await self.retrieve(query, want + len(read))
-        fresh = [c for c in hits if c.passage_id not in read][:want]
-        start = len(read) + 1
-        return [replace(c, index=start + i) for i, c in enumerate(fresh)]
+    def unread(self, state: AutoRagState, hits: list[Hit]) -> list[Hit]:
+        """The passages a retrieval step reads: the first ``max_passages`` not read before."""
+        read = set(state.read)
+        return [h for h in hits if h.doc_id not in read][: self.request.rag.max_passages]
+
+    async def advance(self, state: AutoRagState, hits: list[Hit]) -> AutoRagState:
+        """A retrieval step: read ``hits``, then take the next model turn."""
+        assert state.wants is not None
+        passages = await asyncio.to_thread(self.docstore.get, [h.doc_id for h in hits])
+        start = len(state.read) + 1
+        fresh = [
+            Citation(start + i, p.id, p.external_id, p.doc_id, p.title, p.text, h.score)
+            for i, (h, p) in enumerate(zip(hits, passages, strict=True))
+        ]
+        docs = "\n".join(_document(c.index, c) for c in fresh)
+        ids = tuple(c.external_id for c in fresh)
+        took = time.perf_counter() - state.asked
+        state = replace(
+            state,
+            turns=(*state.turns, ("documents", docs)),
+            read=(*state.read, *(c.passage_id for c in fresh)),
+            wants=None,
+            events=(
+                *state.events,
+                Retrieved(state.wants, fresh),
+                Step(state.iteration, "retrieval", "", state.wants, ids, took),
+            ),
+        )
+        return await self.turn(state)
+
+    async def turn(self, state: AutoRagState) -> AutoRagState:
+        """The next model turn: it asks for a query (``wants``), answers, or ends the loop."""
+        if state.iteration >= self.request.rag.max_iterations:
+            return state  # the cap: the fallback answers
+        # A base model is started on the turn's first words, as the demonstrations begin them;
+        # left alone after documents, it goes on writing documents.
+        chat = self.transcript.chat
+        opening = "" if chat else ("Intermediate Answer:" if state.read else "Analysis:")
+        prompt = self.transcript.prompt(state.turns, opening)
+        if await self._room(prompt) < self.reserve:
+            return state  # the context is nearly full: fall back and answer now
+        t0 = time.perf_counter()
+        text, used = await self._generate(prompt, TURN_TOKENS, TURN_STOP)
+        text = opening + text
+        turn = parse_turn(text)
+        iteration = state.iteration + 1
+        step = Step(iteration, "model", text, turn.query, (), time.perf_counter() - t0)
+        state = replace(
+            state,
+            iteration=iteration,
+            turns=(*state.turns, ("model", text.strip())),
+            usage=_add(state.usage, used),
+            events=(*state.events, step),
+        )
+        if turn.answer is not None:
+            return replace(state, answer=turn.answer)
+        finding = _finding(text)
+        if finding and finding == state.last_finding:
+            return replace(state, converged=True)  # nothing new to say: ask for its answer
+        query = turn.query or state.query
+        return replace(
+            state, last_finding=finding, query=query, wants=query, asked=time.perf_counter()
+        )
 
     async def _fallback(
-        self, transcript: Transcript, query: str, n_read: int
+        self, turns: list[tuple[str, str]], query: str, n_read: int
     ) -> AsyncIterator[Event | str | Usage]:
         """The cap is hit: the model writes a document for the last query, reads it, answers."""
-        if await self._room(transcript.prompt()) >= 3 * TURN_TOKENS + ANSWER_TOKENS:
+        if await self._room(self.transcript.prompt(turns)) >= 3 * TURN_TOKENS + ANSWER_TOKENS:
             t0 = time.perf_counter()
-            doc, used = await self._own_document(transcript, query, n_read + 1)
+            doc, used = await self._own_document(turns, query, n_read + 1)
             yield used
             yield Step(0, "parametric", doc, query, (), time.perf_counter() - t0)
-        async for event in self._answer(transcript):
+        async for event in self._answer(turns):
             yield event
 
-    async def _answer(self, transcript: Transcript) -> AsyncIterator[Event | str | Usage]:
+    async def _answer(self, turns: list[tuple[str, str]]) -> AsyncIterator[Event | str | Usage]:
         """Ask for the final answer now, from what the transcript holds."""
         t0 = time.perf_counter()
-        prefix = "" if transcript.chat else "Final Answer:"
-        if transcript.chat:
-            transcript.add("documents", "Give the Final Answer.")
-        text, used = await self._generate(transcript.prompt(prefix), ANSWER_TOKENS, ("\n",))
+        chat = self.transcript.chat
+        prefix = "" if chat else "Final Answer:"
+        if chat:
+            turns.append(("documents", "Give the Final Answer."))
+        prompt = self.transcript.prompt(turns, prefix)
+        text, used = await self._generate(prompt, ANSWER_TOKENS, ("\n",))
         yield used
         found = _FINAL.search(text)
         answer = found.group(1) if found else text
         yield Step(0, "model", prefix + text, None, (), time.perf_counter() - t0)
         yield answer.strip()
 
-    async def _own_document(self, transcript: Transcript, query: str, i: int) -> tuple[str, Usage]:
+    async def _own_document(
+        self, turns: list[tuple[str, str]], query: str, i: int
+    ) -> tuple[str, Usage]:
         """A document the model writes from its own knowledge, added as ``Document_<i>``."""
-        if transcript.chat:
+        if self.transcript.chat:
             ask = f"Write a short document from your own knowledge that answers: {query}"
-            transcript.add("documents", ask)
-            doc, used = await self._generate(transcript.prompt(), TURN_TOKENS, ("\n\n",))
-            transcript.add("model", doc)
-            transcript.add("documents", f"Retrieved Document_{i}: {doc}")
+            turns.append(("documents", ask))
+            doc, used = await self._generate(self.transcript.prompt(turns), TURN_TOKENS, ("\n\n",))
+            turns.extend(
+                [("model", doc.strip()), ("documents", f"Retrieved Document_{i}: {doc}".strip())]
+            )
         else:
             prefix = f"Retrieved Document_{i}:"
-            doc, used = await self._generate(transcript.prompt(prefix), TURN_TOKENS, ("\n",))
-            transcript.add("documents", f"{prefix} {doc}")
+            prompt = self.transcript.prompt(turns, prefix)
+            doc, used = await self._generate(prompt, TURN_TOKENS, ("\n",))
+            turns.append(("documents", f"{prefix} {doc}".strip()))
         return doc, used
 
     async def _final(self, answer: str, usage: Usage) -> AsyncIterator[Event]:

@@ -132,12 +132,9 @@ class Engine:
         if strategy != "none":
             self.retriever(request.rag.retriever)  # an unknown retriever is a 400 before any work
         if strategy == "auto_rag":
-            retriever = request.rag.retriever
-
-            async def retrieve(query: str, k: int) -> list[Citation]:
-                return await self.retrieve(query, k, retriever)
-
-            events = AutoRag(self.generator, retrieve, request).run()
+            name = request.rag.retriever
+            retriever, search = self.retriever(name), self.searcher(name)
+            events = AutoRag(self.generator, retriever, self.docstore, search, request).run()
         elif strategy == "single":
             events = single(self, request)
         elif strategy == "ralm":

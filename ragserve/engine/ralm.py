@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ragserve.engine.events import Citation, Event, Finished, Retrieved, TokenText
 from ragserve.engine.prompt import NO_ANSWER, STOP
 from ragserve.engine.request import RagRequest
-from ragserve.engine.speculative import Search, SpecStats, Speculator
+from ragserve.engine.speculative import Search, SpecStats, Speculator, verified_states
 from ragserve.generation.base import Generator, SamplingParams, Usage
 from ragserve.retrieval.base import Hit, Retriever
 
@@ -120,10 +120,11 @@ class Ralm:
             finish = "stop"
         return RalmState(generated, (*state.passages, passage), finish)
 
-    async def run(self, on_verified=None) -> RalmState:  # type: ignore[no-untyped-def]
-        if self.speculative:
-            return await self.speculator.run(RalmState(), on_verified)
-        return await self.speculator.plain(RalmState(), on_verified)
+    async def run(
+        self, state: RalmState | None = None, on_verified: Callable[[RalmState], None] | None = None
+    ) -> RalmState:
+        chain = self.speculator.run if self.speculative else self.speculator.plain
+        return await chain(state or RalmState(), on_verified)
 
 
 def _stop_at(text: str, stop: Sequence[str] = ()) -> int | None:
@@ -152,30 +153,16 @@ async def ralm(engine: Engine, request: RagRequest) -> AsyncIterator[Event]:
         request.params,
         speculative=rag.speculative,
     )
-    verified: asyncio.Queue[RalmState | None] = asyncio.Queue()
-
-    async def drive() -> RalmState:
-        try:
-            return await run.run(verified.put_nowait)
-        finally:
-            verified.put_nowait(None)
-
-    task = asyncio.ensure_future(drive())
     sent = ""
-    try:
-        while (state := await verified.get()) is not None:
-            text = answer_text(engine.generator, state, request.params.stop).lstrip()
-            if state.finish is None:  # a character still being written may change
+    final = RalmState()
+    async with contextlib.aclosing(verified_states(run.run, RalmState())) as states:
+        async for final in states:
+            text = answer_text(engine.generator, final, request.params.stop).lstrip()
+            if final.finish is None:  # a character still being written may change
                 text = text.rstrip("\ufffd")
             if text.startswith(sent) and len(text) > len(sent):
                 yield TokenText(text[len(sent) :])
                 sent = text
-        final = await task
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     if not sent:
         yield TokenText(NO_ANSWER["ralm"])
     citations = _citations(engine.docstore, final.passages)

@@ -24,7 +24,7 @@ class RagOptions:
     max_passages: int = 2  # auto_rag: unread passages per retrieval
     demonstrations: bool = True  # auto_rag: worked examples for base models
     trace: bool = False  # stream every step
-    speculative: bool = False  # ralm: speculative retrieval, verified in batches (same output)
+    speculative: bool = False  # ralm, auto_rag: speculative retrieval verified in batches
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_iterations <= MAX_ITERATIONS:

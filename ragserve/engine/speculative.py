@@ -25,9 +25,10 @@ caller (``on_verified``) only once verified: no client ever sees output from a w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -36,6 +37,7 @@ from ragserve.retrieval.base import Hit, Retriever
 S = TypeVar("S")  # a strategy's state: immutable, so rolling back is keeping an old one
 
 Search = Callable[[Sequence[str], int], Awaitable[list[list[Hit]]]]
+Pick = Callable[[S, list[Hit]], list[Hit]]
 
 
 class LocalCache:
@@ -120,7 +122,9 @@ class Speculator(Generic[S]):
     """Drives a chain of retrieval steps, plainly or speculatively (see the module docstring).
 
     ``query(state)``: the next step's query, or None when the chain is done.
-    ``advance(state, hits)``: the state after a step that read ``hits`` (its ``k`` passages).
+    ``advance(state, hits)``: the state after a step that read ``hits``.
+    ``pick(state, ranking)``: the passages a step reads from a ranking (default: the top ``k``);
+    a guess holds when the real ranking picks the same passages.
     ``search(queries, k)``: the real retriever, batched (``engine.batcher`` in the server).
     """
 
@@ -133,6 +137,7 @@ class Speculator(Generic[S]):
         *,
         k: int = 1,
         search_k: int = 20,
+        pick: Pick[S] | None = None,
         prefetch: bool = True,
         stride: Stride | None = None,
         fixed_stride: int | None = None,
@@ -144,6 +149,7 @@ class Speculator(Generic[S]):
         self.advance = advance
         self.k = k
         self.search_k = max(search_k, k)
+        self.pick: Pick[S] = pick or (lambda _state, hits: hits[: self.k])
         self.prefetch = prefetch
         self.stride = stride or Stride()
         self.fixed_stride = fixed_stride
@@ -157,15 +163,15 @@ class Speculator(Generic[S]):
         self.stats.searched_queries += len(queries)
         return await self._search(queries, self.search_k)
 
-    def _cache(self, cache: LocalCache, hits: list[Hit]) -> None:
+    def _cache(self, cache: LocalCache, hits: list[Hit], read: list[Hit]) -> None:
         # Prefetch keeps every hit a search brought; without it, only the passages read.
-        cache.extend(hits if self.prefetch else hits[: self.k])
+        cache.extend(hits if self.prefetch else read)
 
     async def plain(self, state: S, on_verified: Callable[[S], None] | None = None) -> S:
         """The baseline: a real retrieval for every step."""
         while (q := self.query(state)) is not None:
             hits = (await self.search([q]))[0]
-            state = await self.advance(state, hits[: self.k])
+            state = await self.advance(state, self.pick(state, hits))
             self.stats.steps += 1
             if on_verified:
                 on_verified(state)
@@ -178,8 +184,9 @@ class Speculator(Generic[S]):
         if q is None:
             return state
         hits = (await self.search([q]))[0]
-        self._cache(cache, hits)
-        state = await self.advance(state, hits[: self.k])
+        read = self.pick(state, hits)
+        self._cache(cache, hits, read)
+        state = await self.advance(state, read)
         self.stats.steps += 1
         if on_verified:
             on_verified(state)
@@ -219,7 +226,8 @@ class Speculator(Generic[S]):
                     break
                 assert q is not None
                 t = time.perf_counter()
-                guess = await asyncio.to_thread(cache.search, q, self.k)
+                ranking = await asyncio.to_thread(cache.search, q, self.search_k)
+                guess = self.pick(tip, ranking)
                 after = await self.advance(tip, guess)
                 step_s.append(time.perf_counter() - t)
                 self.stats.cache_hits += 1
@@ -243,10 +251,10 @@ class Speculator(Generic[S]):
         real: list[list[Hit]],
     ) -> tuple[S, list[_Guess[S]], int]:
         """Verified state, the guesses still pending after it, and how many guesses held."""
-        for hits in real:
-            self._cache(cache, hits)
-        for i, (guess, hits) in enumerate(zip(batch, real, strict=True)):
-            truth = hits[: self.k]
+        truths = [self.pick(g.before, hits) for g, hits in zip(batch, real, strict=True)]
+        for hits, truth in zip(real, truths, strict=True):
+            self._cache(cache, hits, truth)
+        for i, (guess, truth) in enumerate(zip(batch, truths, strict=True)):
             self.stats.steps += 1
             if [h.doc_id for h in truth] != guess.ids:
                 self.stats.rollbacks += 1
@@ -255,3 +263,31 @@ class Speculator(Generic[S]):
                 return await self.advance(guess.before, truth), [], i
         self.stats.accepted += len(batch)
         return batch[-1].after, pending[len(batch) :], len(batch)
+
+
+async def verified_states(
+    run: Callable[[S, Callable[[S], None]], Awaitable[S]], state: S
+) -> AsyncIterator[S]:
+    """Each verified state of ``run(state, on_verified)`` as it comes, then the final one.
+
+    The chain runs as its own task, so a guessed step generates while the caller streams what
+    is verified; closing the iterator (a dropped client) cancels the chain and its verification.
+    """
+    queue: asyncio.Queue[tuple[S] | None] = asyncio.Queue()
+
+    async def drive() -> S:
+        try:
+            return await run(state, lambda verified: queue.put_nowait((verified,)))
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.ensure_future(drive())
+    try:
+        while (item := await queue.get()) is not None:
+            yield item[0]
+        yield await task  # the final state, or the chain's error
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -24,7 +24,11 @@ from typing import Any
 import numpy as np
 
 from ragserve.corpus.documents import Passage
+from ragserve.engine.auto_rag import AutoRag
+from ragserve.engine.events import Step, TokenText
 from ragserve.engine.ralm import Ralm, RalmState
+from ragserve.engine.request import RagOptions, RagRequest
+from ragserve.engine.speculative import Search, SpecStats
 from ragserve.generation.base import Generator, SamplingParams
 from ragserve.retrieval.base import Hit, Retriever
 
@@ -88,9 +92,58 @@ def dense_with_distractors(dense, n: int, factory: str, seed: int = 0):  # type:
 @dataclass
 class Run:
     latency_s: float
-    state: RalmState
+    output: Any  # what must be identical to the baseline's
     stats: Any
     search_s: float
+
+
+async def ralm_output(
+    generator: Generator,
+    retriever: Retriever,
+    docstore: Any,
+    search: Search,
+    question: str,
+    max_tokens: int,
+    variant: str | None,
+) -> tuple[RalmState, SpecStats]:
+    opts = VARIANTS.get(variant or "", {})
+    run = Ralm(generator, retriever, docstore, search, question,
+               SamplingParams(max_tokens=max_tokens), speculative=variant is not None,
+               **opts)  # fmt: skip
+    return await run.run(), run.stats
+
+
+async def auto_rag_output(
+    generator: Generator,
+    retriever: Retriever,
+    docstore: Any,
+    search: Search,
+    question: str,
+    max_tokens: int,
+    variant: str | None,
+    max_iterations: int = 5,
+    **speculation: Any,
+) -> tuple[tuple[Any, ...], SpecStats]:
+    """The answer and every step of the trace but its time and scores: the output to compare.
+    ``max_tokens`` is unused: turns have lengths of their own."""
+    opts = {**VARIANTS.get(variant or "", {}), **speculation}
+    request = RagRequest(
+        [{"role": "user", "content": question}],
+        rag=RagOptions(
+            strategy="auto_rag", speculative=variant is not None, max_iterations=max_iterations
+        ),
+    )
+    run = AutoRag(generator, retriever, docstore, search, request, **opts)
+    out: list[Any] = []
+    async for e in run.run():
+        if isinstance(e, Step):
+            out.append((e.iteration, e.kind, e.text, e.query, e.passages))
+        elif isinstance(e, TokenText):
+            out.append(e.text)
+    return tuple(out), run.stats
+
+
+STRATEGIES = {"ralm": ralm_output, "auto_rag": auto_rag_output}
 
 
 async def run_one(
@@ -100,6 +153,7 @@ async def run_one(
     question: str,
     max_tokens: int,
     variant: str | None,
+    strategy: str = "ralm",
 ) -> Run:
     spent = [0.0]
 
@@ -113,13 +167,11 @@ async def run_one(
     reset = getattr(generator, "reset_prefix_cache", None)
     if reset is not None:
         await reset()  # no run reads the prompts the previous one left cached
-    opts = VARIANTS.get(variant or "", {})
-    ralm = Ralm(generator, retriever, docstore, search, question,
-                SamplingParams(max_tokens=max_tokens), speculative=variant is not None,
-                **opts)  # fmt: skip
     t = time.perf_counter()
-    state = await ralm.run()
-    return Run(time.perf_counter() - t, state, ralm.stats, spent[0])
+    output, stats = await STRATEGIES[strategy](
+        generator, retriever, docstore, search, question, max_tokens, variant
+    )
+    return Run(time.perf_counter() - t, output, stats, spent[0])
 
 
 def bench(
@@ -129,20 +181,24 @@ def bench(
     questions: Sequence[str],
     variants: Sequence[str],
     max_tokens: int = 128,
+    strategy: str = "ralm",
 ) -> dict[str, Any]:
     """Each question through the baseline and each variant, one request at a time."""
+
+    async def one(q: str, tokens: int, v: str | None) -> Run:
+        return await run_one(generator, retriever, docstore, q, tokens, v, strategy)
 
     async def go() -> dict[str, list[Run]]:
         out: dict[str, list[Run]] = {"base": []}
         for v in variants:
             out[v] = []
         # Warm-up, not counted: first calls load kernels and fill the encoder's caches.
-        await run_one(generator, retriever, docstore, questions[0][::-1], 8, None)
+        await one(questions[0][::-1], 8, None)
         for q in questions:
             # Interleaved per question: machine noise falls on every variant alike.
-            out["base"].append(await run_one(generator, retriever, docstore, q, max_tokens, None))
+            out["base"].append(await one(q, max_tokens, None))
             for v in variants:
-                out[v].append(await run_one(generator, retriever, docstore, q, max_tokens, v))
+                out[v].append(await one(q, max_tokens, v))
         return out
 
     runs = asyncio.run(go())
@@ -166,7 +222,7 @@ def bench(
         rows[v] = {
             "mean_latency_s": round(total / len(rs), 3),
             "speedup": round(base_s / total, 3),
-            "identical": sum(a.state == b.state for a, b in zip(base, rs, strict=True)),
+            "identical": sum(a.output == b.output for a, b in zip(base, rs, strict=True)),
             "outputs": len(rs),
             "acceptance": round(sum(r.stats.accepted for r in rs) / max(guessed, 1), 3),
             "searches": searches,

@@ -67,7 +67,8 @@ class RagParams(BaseModel):
     demonstrations: bool = Field(True, description="auto_rag: worked examples for base models")
     trace: bool = Field(False, description="stream each step as a `rag_step` chunk")
     speculative: bool = Field(
-        False, description="ralm: retrieve from the request's cache first, verify in batches"
+        False,
+        description="ralm, auto_rag: retrieve from the request's cache first, verify in batches",
     )
 
 

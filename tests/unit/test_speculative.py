@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ragserve.engine.batcher import SearchBatcher
-from ragserve.engine.speculative import LocalCache, Speculator, Stride
+from ragserve.engine.speculative import LocalCache, Speculator, Stride, verified_states
 from ragserve.errors import InputError
 from ragserve.retrieval.base import Hit, check_doc_ids, check_queries, top_k
 
@@ -101,6 +101,49 @@ def test_speculative_chain_equals_the_plain_one(asynchronous, fixed, drift) -> N
         assert st.rollbacks > 0  # every step asks about a new topic: guesses miss
     if drift == 50:
         assert st.rollbacks <= 2 and st.accepted >= 27  # the cache soon holds every answer
+
+
+def test_a_pick_decides_what_must_match() -> None:
+    """auto_rag's pick: the first two passages not read yet. A guess holds when the real ranking
+    picks the same passages, whatever else it ranks differently."""
+    r = VectorRetriever()
+
+    def query(state: tuple[int, ...]) -> str | None:
+        return None if len(state) >= 24 else f"topic {len(state) // 6}"
+
+    def unread(state: tuple[int, ...], hits: list[Hit]) -> list[Hit]:
+        return [h for h in hits if h.doc_id not in state][:2]
+
+    async def advance(state: tuple[int, ...], hits: list[Hit]) -> tuple[int, ...]:
+        assert not set(state) & {h.doc_id for h in hits}
+        return (*state, *(h.doc_id for h in hits))
+
+    async def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
+        assert k == 30
+        return r.search(queries, k)
+
+    def make(**kw):  # type: ignore[no-untyped-def]
+        return Speculator(r, search, query, advance, k=30, search_k=30, pick=unread, **kw)
+
+    want = asyncio.run(make().plain(()))
+    spec = make(fixed_stride=4)
+    assert asyncio.run(spec.run(())) == want
+    assert len(want) == 24 and spec.stats.accepted > 0 and spec.stats.searches < 12
+
+
+def test_verified_states_stream_then_end_with_the_final_state() -> None:
+    r = VectorRetriever()
+    spec = chain(r, 12, 3, fixed_stride=3)
+
+    async def go() -> list[tuple[int, ...]]:
+        return [s async for s in verified_states(spec.run, ())]
+
+    seen = asyncio.run(go())
+    assert len(seen) >= 2 and len(seen[-1]) == 12
+    assert all(seen[-1][: len(s)] == s for s in seen)
+    r.fail = True
+    with pytest.raises(RuntimeError, match="unavailable"):
+        asyncio.run(go())
 
 
 def test_a_retriever_error_in_verification_fails_the_run() -> None:

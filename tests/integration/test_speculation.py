@@ -1,16 +1,19 @@
-"""``ralm`` with and without speculation on the real model, the real demo index and each real
-retriever: the same tokens for every question, and through the server the same answer."""
+"""``ralm`` and ``auto_rag`` with and without speculation on the real model, the real demo index
+and each real retriever: the same tokens for every question, and through the server the same
+answer."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from ragserve.engine.core import Engine
 from ragserve.engine.ralm import Ralm, RalmState
+from ragserve.eval.spec import auto_rag_output
 from ragserve.generation.base import SamplingParams
 from ragserve.indexing import load_index
 from tests.conftest import LiveServer
@@ -65,6 +68,27 @@ def test_speculation_gives_the_same_tokens(engine: Engine, retriever: str) -> No
     assert sum(r.stats.searches for r, _ in plain) == steps  # the baseline searches every step
     assert sum(r.stats.searches for r, _ in spec) < steps  # speculation saves real searches
     assert sum(r.stats.accepted for r, _ in spec) > 0
+
+
+def test_auto_rag_speculation_gives_the_same_turns_and_answer(engine: Engine) -> None:
+    # Three turns: the first query's search is real, the refined ones are guessed (stride 2).
+    # Plain and speculative runs go side by side: outputs are batch-invariant.
+    qs = questions(engine)[:4]
+
+    async def one(q: str, variant: str | None) -> tuple[Any, Any]:
+        return await auto_rag_output(engine.generator, engine.retriever("bm25"), engine.docstore,
+                                     engine.searcher("bm25"), q, 0, variant, max_iterations=3,
+                                     fixed_stride=2)  # fmt: skip
+
+    async def run() -> list[tuple[Any, Any]]:
+        return await asyncio.gather(*(one(q, v) for v in (None, "spec") for q in qs))
+
+    results = asyncio.run(run())
+    plain, spec = results[: len(qs)], results[len(qs) :]
+    assert [out for out, _ in spec] == [out for out, _ in plain]
+    assert all(any(step[1] == "retrieval" for step in out[:-1]) for out, _ in plain)
+    assert sum(stats.cache_hits for _, stats in spec) > 0  # refined queries were guessed
+    assert sum(stats.steps for _, stats in spec) == sum(stats.steps for _, stats in plain)
 
 
 def test_ralm_through_the_server_streams_the_same_answer(live_server: LiveServer) -> None:
