@@ -223,12 +223,9 @@ def cmd_bench_spec(args: argparse.Namespace) -> int:
     from ragserve.eval.report import open_eval_index
     from ragserve.eval.spec import (
         VARIANTS,
-        WithDistractors,
         bench,
-        bm25_with_distractors,
-        dense_with_distractors,
+        bench_retriever,
         markdown,
-        sentences_of,
     )
     from ragserve.generation.factory import create_generator
 
@@ -239,27 +236,11 @@ def cmd_bench_spec(args: argparse.Namespace) -> int:
     settings = _settings(args)
     data = Path(args.data) if args.data else settings.data_dir / "hotpotqa"
     dataset = load_dataset(data)
-    stored = "bm25" if args.retriever == "bm25" else "dense"
     # Both kept in the evaluation index, so measuring one never rebuilds away the other.
     index = open_eval_index(dataset, settings.index_dir, ["bm25", "dense"])
     generator = create_generator(settings)
     try:
-        real = index.retrievers[stored]
-        n_real = len(real)
-        docs = index.docstore
-        retriever = real
-        if args.distractors:
-            texts = [p.text for p in index.docstore.get(list(range(min(n_real, 20_000))))]
-            docs = WithDistractors(index.docstore, n_real, sentences_of(texts))
-            print(f"adding {args.distractors:,} synthetic passages to {n_real:,} real ones")
-            if stored == "bm25":
-                retriever = bm25_with_distractors(docs, args.distractors)
-        if stored == "dense":
-            factory = "HNSW32" if args.retriever == "hnsw" else "Flat"
-            if args.distractors:
-                retriever = dense_with_distractors(real, args.distractors, factory)
-            elif factory != real.factory:
-                retriever = real.with_factory(factory)
+        retriever, docs = bench_retriever(index, args.retriever, args.distractors)
         questions = [q for _, q in dataset.queries[: args.num_prompts]]
         rows = bench(
             generator, retriever, docs, questions, variants, args.max_tokens, args.strategy

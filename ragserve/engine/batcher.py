@@ -2,8 +2,11 @@
 retriever as one batched ``search`` (one matrix product for dense, one pass for BM25).
 
 Speculative requests verify several queries at once; many concurrent requests verifying at the
-same moment then cost about one search, not one each. Calls with different ``k`` are batched
-separately, since an approximate index may rank its top hits differently when asked for more.
+same moment then cost about one search, not one each. One batch runs at a time: what arrives
+while it runs waits and goes next, all together, as continuous batching does for generation (on
+a few cores, searches side by side only slow each other down). Calls with different ``k`` are
+batched separately, since an approximate index may rank its top hits differently when asked for
+more.
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ class SearchBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop the timer runs on
         self._tasks: set[asyncio.Future[None]] = set()
+        self._busy = False  # a batch is running: arrivals wait for its end
 
     async def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         # A bad query fails its own caller here, not the batch it would have joined.
         check_queries(queries, k, len(self.retriever))
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop: whatever the old one queued is dead
-            self._queue, self._timer, self._loop = [], None, loop
+            self._queue, self._timer, self._loop, self._busy = [], None, loop, False
         future: asyncio.Future[list[list[Hit]]] = loop.create_future()
         self._queue.append((list(queries), k, future))
         if self._timer is None:
@@ -54,13 +58,27 @@ class SearchBatcher:
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
+        if self._busy:
+            return  # the running batch's end sends what is queued
         queue, self._queue = self._queue, []
         live = [item for item in queue if not item[2].done()]
-        for k in sorted({k for _, k, _ in live}):
-            group = [item for item in live if item[1] == k]
-            task = asyncio.ensure_future(self._run(group, k))
-            self._tasks.add(task)  # held until done: the loop keeps only weak references
-            task.add_done_callback(self._tasks.discard)
+        if not live:
+            return
+        self._busy = True
+        task = asyncio.ensure_future(self._run_all(live))
+        self._tasks.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_all(
+        self, live: list[tuple[list[str], int, asyncio.Future[list[list[Hit]]]]]
+    ) -> None:
+        try:
+            for k in sorted({k for _, k, _ in live}):
+                await self._run([item for item in live if item[1] == k], k)
+        finally:
+            self._busy = False
+            if self._queue:
+                self._flush()
 
     async def _run(
         self, group: list[tuple[list[str], int, asyncio.Future[list[list[Hit]]]]], k: int

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
 from ragserve.corpus import DocStore
@@ -23,7 +23,7 @@ from ragserve.engine.single import single
 from ragserve.engine.speculative import Search
 from ragserve.errors import ContextLengthError, InputError
 from ragserve.generation.base import Generator, SamplingParams, Usage
-from ragserve.retrieval.base import Retriever
+from ragserve.retrieval.base import Hit, Retriever
 
 log = logging.getLogger("ragserve.engine")
 
@@ -41,8 +41,12 @@ class Engine:
         docstore: DocStore,
         generator: Generator,
         default_retriever: str | None = None,
+        *,
+        batch_searches: bool = True,
     ):
-        """``default_retriever=None`` picks hybrid, else BM25, else whatever is loaded."""
+        """``default_retriever=None`` picks hybrid, else BM25, else whatever is loaded.
+        ``batch_searches=False`` gives each request's searches their own retriever calls (the
+        baseline the cross-request batcher is measured against)."""
         if default_retriever is None:
             default_retriever = next(
                 (r for r in ("hybrid", "bm25") if r in retrievers), next(iter(retrievers), "")
@@ -57,6 +61,7 @@ class Engine:
         self.generator = generator
         self.default_retriever = default_retriever
         self.batchers = {name: SearchBatcher(r) for name, r in self.retrievers.items()}
+        self.batch_searches = batch_searches
 
     def retriever(self, name: str | None) -> Retriever:
         name = name or self.default_retriever
@@ -69,7 +74,13 @@ class Engine:
 
     def searcher(self, name: str | None) -> Search:
         """Batched search on a retriever, shared by concurrent requests (``engine.batcher``)."""
-        self.retriever(name)
+        retriever = self.retriever(name)
+        if not self.batch_searches:
+
+            async def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
+                return await asyncio.to_thread(retriever.search, queries, k)
+
+            return search
         return self.batchers[name or self.default_retriever].search
 
     async def retrieve(self, query: str, k: int, retriever: str | None) -> list[Citation]:

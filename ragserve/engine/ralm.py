@@ -134,6 +134,18 @@ def _stop_at(text: str, stop: Sequence[str] = ()) -> int | None:
     return min(cuts) if cuts else None
 
 
+def settled(text: str, stop: Sequence[str] = ()) -> str:
+    """The part of an unfinished answer that no later token can change: without a character
+    still being written, and without a tail that a stop string may yet begin with (the answer
+    would end before it). Streamed text is then the same however the steps are grouped."""
+    text = text.rstrip("\ufffd")
+    stops = (*stop, *STOP)
+    for n in range(min(len(text), max(map(len, stops)) - 1), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stops):
+            return text[:-n]
+    return text
+
+
 def answer_text(generator: Generator, state: RalmState, stop: Sequence[str] = ()) -> str:
     text = generator.detokenize(state.generated)
     cut = _stop_at(text, stop)
@@ -158,8 +170,8 @@ async def ralm(engine: Engine, request: RagRequest) -> AsyncIterator[Event]:
     async with contextlib.aclosing(verified_states(run.run, RalmState())) as states:
         async for final in states:
             text = answer_text(engine.generator, final, request.params.stop).lstrip()
-            if final.finish is None:  # a character still being written may change
-                text = text.rstrip("\ufffd")
+            if final.finish is None:  # hold back what the next tokens may still change
+                text = settled(text, request.params.stop)
             if text.startswith(sent) and len(text) > len(sent):
                 yield TokenText(text[len(sent) :])
                 sent = text

@@ -45,11 +45,16 @@ class WithDistractors:
     """A docstore whose passage ids past the real ones are synthetic: recombined real sentences,
     the same text for the same id every time."""
 
-    def __init__(self, docstore, n_real: int, sentences: Sequence[str], seed: int = 0):  # type: ignore[no-untyped-def]
+    def __init__(self, docstore, n_real: int, sentences: Sequence[str], n_fake: int = 0,  # type: ignore[no-untyped-def]
+                 seed: int = 0):  # fmt: skip
         self.docstore = docstore
         self.n_real = n_real
+        self.n_fake = n_fake
         self.sentences = list(sentences)
         self.seed = seed
+
+    def __len__(self) -> int:
+        return self.n_real + self.n_fake
 
     def text(self, i: int) -> str:
         rng = random.Random(self.seed * 1_000_003 + i)
@@ -74,18 +79,32 @@ def sentences_of(texts: Sequence[str], limit: int = 200_000) -> list[str]:
 
 
 def dense_with_distractors(dense, n: int, factory: str, seed: int = 0):  # type: ignore[no-untyped-def]
-    """The dense retriever over its vectors plus ``n`` perturbed copies (renormalised)."""
+    """The dense retriever over its vectors plus ``n`` perturbed copies (renormalised).
+
+    For exact search the vectors go into faiss a chunk at a time and the retriever reads them
+    back from faiss's own storage: one copy in memory, so millions fit."""
+    import faiss
+
     from ragserve.retrieval.dense import DenseRetriever, make_faiss_index
 
     real = np.ascontiguousarray(dense._vectors, dtype=np.float32)
     rng = np.random.default_rng(seed)
-    parts = [real]
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
-        base = real[rng.integers(0, len(real), m)]
-        v = base + rng.normal(scale=0.08, size=base.shape).astype(np.float32)
-        parts.append(v / np.linalg.norm(v, axis=1, keepdims=True))
-    vectors = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for start in range(0, n, 100_000):
+            m = min(100_000, n - start)
+            base = real[rng.integers(0, len(real), m)]
+            v = base + rng.normal(scale=0.08, size=base.shape).astype(np.float32)
+            yield np.ascontiguousarray(v / np.linalg.norm(v, axis=1, keepdims=True))
+
+    if factory == "Flat":
+        index = make_faiss_index(real, factory)
+        for chunk in chunks():
+            index.add(chunk)
+        total, dim = index.ntotal, real.shape[1]
+        vectors = faiss.rev_swig_ptr(index.get_xb(), total * dim).reshape(total, dim)
+        return DenseRetriever(index, vectors, dense._encoder, factory)
+    vectors = np.ascontiguousarray(np.concatenate([real, *chunks()]), dtype=np.float32)
     return DenseRetriever(make_faiss_index(vectors, factory), vectors, dense._encoder, factory)
 
 
@@ -264,3 +283,25 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {r['mean_stride']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def bench_retriever(index: Any, kind: str, distractors: int) -> tuple[Retriever, Any]:
+    """The retriever ``kind`` (dense: exact Flat, hnsw, bm25) over the evaluation index plus
+    ``distractors`` synthetic passages, and the docstore that holds their text."""
+    stored = "bm25" if kind == "bm25" else "dense"
+    real = index.retrievers[stored]
+    n_real = len(real)
+    docs, retriever = index.docstore, real
+    if distractors:
+        texts = [p.text for p in index.docstore.get(list(range(min(n_real, 20_000))))]
+        docs = WithDistractors(index.docstore, n_real, sentences_of(texts), distractors)
+        print(f"adding {distractors:,} synthetic passages to {n_real:,} real ones")
+        if stored == "bm25":
+            retriever = bm25_with_distractors(docs, distractors)
+    if stored == "dense":
+        factory = "HNSW32" if kind == "hnsw" else "Flat"
+        if distractors:
+            retriever = dense_with_distractors(real, distractors, factory)
+        elif factory != real.factory:
+            retriever = real.with_factory(factory)
+    return retriever, docs

@@ -1,12 +1,13 @@
 """The speculation layer's control flow (cache, verify, rollback, OS³, async, cross-request
 batching) over a small numpy retriever and scripted steps; the real model runs it in
-``tests/integration/test_ralm.py``."""
+``tests/integration/test_speculation.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -218,6 +219,29 @@ def test_batcher_joins_concurrent_searches_and_splits_results() -> None:
     for i, hits in enumerate(got):
         assert hits == r.search([f"q{i}", f"p{i}"], 3)
     assert b.stats.calls == 1 and b.stats.requests == 10
+
+
+def test_searches_arriving_during_a_batch_go_together_next() -> None:
+    r = VectorRetriever()
+    slow = r.search
+
+    def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
+        time.sleep(0.1)
+        return slow(queries, k)
+
+    r.search = search  # type: ignore[method-assign]
+    b = SearchBatcher(r, window_s=0.001)
+
+    async def late(i: int) -> list[list[Hit]]:
+        await asyncio.sleep(0.01 * i)  # spread over the first batch's run
+        return await b.search([f"q{i}"], 3)
+
+    async def go() -> list[list[list[Hit]]]:
+        return await asyncio.gather(b.search(["first"], 3), *(late(i) for i in range(1, 6)))
+
+    got = asyncio.run(go())
+    assert r.calls == [1, 5]  # one batch at a time; the five that waited went as one
+    assert got[3] == slow(["q3"], 3)
 
 
 def test_batcher_keeps_k_apart_and_fails_only_bad_callers() -> None:
