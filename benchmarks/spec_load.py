@@ -114,6 +114,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ragserve.config import Settings
+    from ragserve.engine.batcher import BatchStats
     from ragserve.engine.core import Engine
     from ragserve.eval.datasets import load_dataset
     from ragserve.eval.report import open_eval_index
@@ -138,10 +139,15 @@ def main() -> None:
                 asyncio.run(load(server.url, [questions[0][::-1]], args.retriever, speculative,
                                  1, 8))  # fmt: skip
                 asyncio.run(generator.reset_prefix_cache())
+                getattr(retriever, "clear_query_cache", lambda: None)()
+                engine.batchers[args.retriever].stats = BatchStats()
                 rows[name] = asyncio.run(load(server.url, questions, args.retriever, speculative,
                                               args.concurrency, args.max_tokens))  # fmt: skip
                 batcher = engine.batchers[args.retriever].stats
                 rows[name]["retriever_calls"] = batcher.calls if batching else None
+                rows[name]["queries_per_call"] = (
+                    round(batcher.queries / batcher.calls, 2) if batching else None
+                )
             print(name, {k: v for k, v in rows[name].items() if k != "answers"}, flush=True)
     finally:
         asyncio.run(generator.aclose())
@@ -180,15 +186,16 @@ def markdown(res: dict[str, Any]) -> str:
         "```",
         "",
         "| configuration | requests/s | tokens/s | p50 latency | max latency | speed-up "
-        "| answers equal to `neither` | batched retriever calls |",
-        "|---|---|---|---|---|---|---|---|",
+        "| answers equal to `neither` | batched retriever calls | queries per call |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["rows"].items():
         calls = "—" if r["retriever_calls"] is None else r["retriever_calls"]
+        width = "—" if r.get("queries_per_call") is None else r["queries_per_call"]
         lines.append(
             f"| {name} | {r['requests_per_s']} | {r['tokens_per_s']} | {r['p50_latency_s']} s "
             f"| {r['max_latency_s']} s | {r['speedup']}× | {r['answers_equal']}/{res['requests']} "
-            f"| {calls} |"
+            f"| {calls} | {width} |"
         )
     return "\n".join(lines) + "\n"
 

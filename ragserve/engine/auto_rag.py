@@ -24,7 +24,7 @@ from ragserve.engine.answer_guard import RepeatGuard
 from ragserve.engine.events import Citation, Event, Finished, Retrieved, Step, TokenText
 from ragserve.engine.prompt import NO_ANSWER
 from ragserve.engine.request import RagRequest
-from ragserve.engine.speculative import Search, SpecStats, Speculator, verified_states
+from ragserve.engine.speculative import Search, SpecStats, Speculator, Stride, verified_states
 from ragserve.generation.base import Generator, Usage
 from ragserve.generation.chat import plain_transcript
 from ragserve.retrieval.base import Hit, Retriever
@@ -195,6 +195,8 @@ class AutoRag:
             k=depth,
             search_k=depth,
             pick=self.unread,
+            # A turn takes far longer than a search: verify each guess as its turn starts.
+            stride=Stride(initial=1),
             **speculation,
         )
 

@@ -105,6 +105,7 @@ class SpecStats:
     cache_hits: int = 0  # steps answered from the cache
     accepted: int = 0
     rollbacks: int = 0
+    stopped: int = 0  # guessed steps stopped part-way: a verification under them had failed
     steps: int = 0
     strides: list[int] = field(default_factory=list)
     verify_seconds: float = 0.0
@@ -227,15 +228,56 @@ class Speculator(Generic[S]):
                 assert q is not None
                 t = time.perf_counter()
                 ranking = await asyncio.to_thread(cache.search, q, self.search_k)
-                guess = self.pick(tip, ranking)
-                after = await self.advance(tip, guess)
+                read = self.pick(tip, ranking)
+                guess = _Guess(tip, q, [h.doc_id for h in read], tip)  # ``after``: once stepped
+                pending.append(guess)
+                if verifying is None and self.asynchronous and len(pending) >= s:
+                    # The batch this guess completes is verified while its own step runs.
+                    batch = pending[:s]
+                    started = time.perf_counter()
+                    verifying = asyncio.ensure_future(self.search([g.query for g in batch]))
+                step = asyncio.ensure_future(self.advance(tip, read))
+                if verifying is not None and await self._void(step, verifying, batch):
+                    pending.pop()  # the step built on a wrong guess: stopped; roll back now
+                    continue
+                guess.after = await step
                 step_s.append(time.perf_counter() - t)
                 self.stats.cache_hits += 1
-                pending.append(_Guess(tip, q, [h.doc_id for h in guess], after))
         finally:
             if verifying is not None and not verifying.done():
                 verifying.cancel()  # a cancelled or failed request stops its verification
         return state
+
+    async def _void(
+        self,
+        step: asyncio.Future[S],
+        verifying: asyncio.Future[list[list[Hit]]],
+        batch: list[_Guess[S]],
+    ) -> bool:
+        """Whether ``step`` was stopped because ``verifying`` found a wrong guess before it.
+
+        A step may take longer than a search (an ``auto_rag`` turn is a whole generation): when
+        the verification under it fails first, going on would only waste the work, so a wrong
+        guess then costs no more time than waiting for the search would have.
+        """
+        try:
+            await asyncio.wait([step, verifying], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            step.cancel()
+            raise
+        if step.done() or verifying.exception() is not None:
+            return False  # the step finished, or the loop's own check raises the error
+        real = verifying.result()
+        if all(
+            [h.doc_id for h in self.pick(g.before, hits)] == g.ids
+            for g, hits in zip(batch, real, strict=True)
+        ):
+            return False  # every guess held: the step stands
+        step.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await step
+        self.stats.stopped += 1
+        return True
 
     def _next_stride(self) -> int:
         s = self.fixed_stride or self.stride.next(self.asynchronous)

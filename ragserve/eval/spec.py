@@ -186,6 +186,7 @@ async def run_one(
     reset = getattr(generator, "reset_prefix_cache", None)
     if reset is not None:
         await reset()  # no run reads the prompts the previous one left cached
+    getattr(retriever, "clear_query_cache", lambda: None)()  # nor the queries it encoded
     t = time.perf_counter()
     output, stats = await STRATEGIES[strategy](
         generator, retriever, docstore, search, question, max_tokens, variant

@@ -64,6 +64,11 @@ class DenseRetriever:
     def __len__(self) -> int:
         return len(self._vectors)
 
+    def clear_query_cache(self) -> None:
+        """Forget encoded queries, so that a benchmark run pays for encoding as a new one would."""
+        self._encode_query.cache_clear()
+        getattr(self._encoder.encode_query, "cache_clear", lambda: None)()
+
     @classmethod
     def fit(
         cls,

@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
+from ragserve.cli import main
 from ragserve.engine.core import Engine
 from ragserve.engine.ralm import Ralm, RalmState
-from ragserve.eval.spec import auto_rag_output
+from ragserve.eval.spec import auto_rag_output, bench
 from ragserve.generation.base import SamplingParams
 from ragserve.indexing import load_index
 from tests.conftest import LiveServer
@@ -89,6 +90,20 @@ def test_auto_rag_speculation_gives_the_same_turns_and_answer(engine: Engine) ->
     assert all(any(step[1] == "retrieval" for step in out[:-1]) for out, _ in plain)
     assert sum(stats.cache_hits for _, stats in spec) > 0  # refined queries were guessed
     assert sum(stats.steps for _, stats in spec) == sum(stats.steps for _, stats in plain)
+
+
+def test_bench_spec_compares_every_output_with_the_baseline(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = bench(engine.generator, engine.retriever("dense"), engine.docstore,
+                 questions(engine)[:3], ["spec", "PSA"], max_tokens=8)  # fmt: skip
+    assert rows["base"]["searches"] == rows["base"]["steps"] > 3
+    assert 0 <= rows["base"]["retrieval_share"] < 1
+    for v in ("spec", "PSA"):
+        assert rows[v]["identical"] == rows[v]["outputs"] == 3
+        assert rows[v]["speedup"] > 0 and rows[v]["searches"] <= rows["base"]["searches"]
+    assert main(["bench", "spec", "--variants", "P,XYZ"]) == 2
+    assert "unknown variants ['XYZ']" in capsys.readouterr().err
 
 
 def test_ralm_through_the_server_streams_the_same_answer(live_server: LiveServer) -> None:

@@ -147,6 +147,41 @@ def test_verified_states_stream_then_end_with_the_final_state() -> None:
         asyncio.run(go())
 
 
+def test_a_long_step_on_a_wrong_guess_stops_when_its_verification_fails() -> None:
+    """auto_rag's steps are whole turns: one built on a guess that verification has already
+    refuted is stopped, not finished, and the chain is still the plain one."""
+    r = VectorRetriever()
+    slow = r.search
+
+    def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
+        time.sleep(0.01)
+        return slow(queries, k)
+
+    r.search = search  # type: ignore[method-assign]
+    finished: list[int] = []
+
+    def query(state: tuple[int, ...]) -> str | None:
+        return None if len(state) >= 8 else f"new topic {len(state)}"  # guesses mostly miss
+
+    async def advance(state: tuple[int, ...], hits: list[Hit]) -> tuple[int, ...]:
+        await asyncio.sleep(0.2)  # a turn: far longer than the search
+        finished.append(len(state))
+        return (*state, hits[0].doc_id)
+
+    async def searcher(queries: Sequence[str], k: int) -> list[list[Hit]]:
+        return await asyncio.to_thread(r.search, queries, k)
+
+    def make(**kw):  # type: ignore[no-untyped-def]
+        return Speculator(r, searcher, query, advance, **kw)
+
+    want = asyncio.run(make().plain(()))
+    finished.clear()
+    spec = make(fixed_stride=1, prefetch=False)
+    assert asyncio.run(spec.run(())) == want
+    assert spec.stats.rollbacks > 0 and spec.stats.stopped > 0
+    assert len(finished) < 8 + spec.stats.rollbacks  # stopped steps never finished
+
+
 def test_a_retriever_error_in_verification_fails_the_run() -> None:
     r = VectorRetriever()
     spec = chain(r, 12, 2, asynchronous=True)
