@@ -80,9 +80,9 @@ def test_stream_carries_the_tokens_the_upstream_returns_directly(
     assert last.usage.prompt_tokens == len(prompt) and last.usage.completion_tokens == len(ids)
 
 
-def test_greedy_determinism_32_prompts(gen: OpenAIUpstreamGenerator) -> None:
-    # 100 prompts run in-process (test_vllm.py); over HTTP, 32 show the tokens arrive intact.
-    prompts = [f"Question {i}: what is {i} plus {i + 1}?\nAnswer:" for i in range(32)]
+def test_greedy_determinism_12_prompts(gen: OpenAIUpstreamGenerator) -> None:
+    # 100 prompts run in-process (test_vllm.py); over HTTP, 12 show the tokens arrive intact.
+    prompts = [f"Question {i}: what is {i} plus {i + 1}?\nAnswer:" for i in range(12)]
     params = SamplingParams(max_tokens=16)
 
     async def run() -> tuple[list[list[int]], list[list[int]]]:
