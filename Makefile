@@ -88,6 +88,7 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.retrieval
 	$(BIN)/python -m benchmarks.generation
+	$(BIN)/python -m benchmarks.seal
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) indexes/python-docs .pytest_cache .ruff_cache

@@ -174,9 +174,24 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     settings = _settings(args)
     data = args.data or settings.data_dir / "scifact"
     retrievers = [r.strip() for r in args.retrievers.split(",") if r.strip()]
-    report = run_retrieval_eval(
-        data, settings.index_dir, retrievers, rebuild=args.rebuild, dense_factory=args.dense_factory
-    )
+    generator = None
+    if any("seal" in r.split("+") for r in retrievers):
+        from ragserve.generation.factory import create_generator
+
+        generator = create_generator(settings)  # SEAL's keys are written by the model
+    try:
+        report = run_retrieval_eval(
+            data,
+            settings.index_dir,
+            retrievers,
+            rebuild=args.rebuild,
+            dense_factory=args.dense_factory,
+            generator=generator,
+            limit=args.limit,
+        )
+    finally:
+        if generator is not None:
+            asyncio.run(generator.aclose())
     print(report.table())
     if args.json:
         report.write_json(args.json)
@@ -187,6 +202,7 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
 def cmd_eval_qa(args: argparse.Namespace) -> int:
     from ragserve.engine import RagOptions
     from ragserve.engine.core import Engine
+    from ragserve.engine.seal import with_seal
     from ragserve.eval.datasets import load_dataset
     from ragserve.eval.qa import run_qa_eval
     from ragserve.eval.report import open_eval_index
@@ -205,7 +221,8 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     index = open_eval_index(load_dataset(data), settings.index_dir, [args.retriever])
     generator = create_generator(settings)
     try:
-        engine = Engine(with_hybrid(index.retrievers), index.docstore, generator, args.retriever)
+        retrievers = with_seal(with_hybrid(index.retrievers), generator)
+        engine = Engine(retrievers, index.docstore, generator, args.retriever)
         report = run_qa_eval(data, engine, rag, limit=args.limit, max_tokens=args.max_tokens)
     finally:
         asyncio.run(generator.aclose())
@@ -352,7 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     esub = ev.add_subparsers(dest="eval_command", required=True)
     er = esub.add_parser("retrieval", help="nDCG@10, recall@k, queries/s, build time")
     er.add_argument("--data", help="BEIR folder or QA folder (default: $RAGSERVE_DATA/scifact)")
-    er.add_argument("--retrievers", default="bm25,dense,fmindex,hybrid")
+    er.add_argument(
+        "--retrievers",
+        "--retriever",
+        default="bm25,dense,fmindex,hybrid",
+        help="comma-separated: bm25, dense, fmindex, hybrid, seal, or parts fused as a+b+c",
+    )
+    er.add_argument("--limit", type=int, help="the first N queries only")
     er.add_argument("--dense-factory", default="Flat", help="faiss factory string")
     er.add_argument("--rebuild", action="store_true", help="rebuild the evaluation index")
     er.add_argument("--json", help="write the metrics as one flat JSON object")

@@ -39,6 +39,16 @@ CORPUS = [
 TEXTS = [f"{r['title']}\n{r['text']}" for r in CORPUS]  # as retrievers see passages
 
 
+def eval_retrieval(data: Path, index_dir: Path, retrievers: str, *extra: str) -> dict:
+    """``ragserve eval retrieval`` as a user runs it; its metrics, from the JSON it writes."""
+    from ragserve.cli import main
+
+    out = index_dir / "metrics.json"
+    args = ["--data", str(data), "--index-dir", str(index_dir), "--retrievers", retrievers]
+    assert main(["eval", "retrieval", *args, *extra, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path

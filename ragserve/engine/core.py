@@ -7,6 +7,7 @@ retrieval as citations, the size checks, and answer generation that stops where 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
@@ -18,7 +19,7 @@ from ragserve.engine.batcher import SearchBatcher
 from ragserve.engine.events import Citation, Event, Finished, TokenText
 from ragserve.engine.prompt import NO_ANSWER, STOP, rag_messages
 from ragserve.engine.ralm import ralm
-from ragserve.engine.request import RagRequest
+from ragserve.engine.request import RagOptions, RagRequest
 from ragserve.engine.single import single
 from ragserve.engine.speculative import Search
 from ragserve.errors import ContextLengthError, InputError
@@ -62,15 +63,59 @@ class Engine:
         self.default_retriever = default_retriever
         self.batchers = {name: SearchBatcher(r) for name, r in self.retrievers.items()}
         self.batch_searches = batch_searches
+        self._bound: asyncio.AbstractEventLoop | None = None
 
     def retriever(self, name: str | None) -> Retriever:
+        """A loaded retriever by name; ``a+b+c`` fuses loaded ones (``hybrid``), made once."""
         name = name or self.default_retriever
+        if name not in self.retrievers and "+" in name:
+            parts = name.split("+")
+            if all(p in self.retrievers for p in parts) and len(set(parts)) == len(parts) > 1:
+                from ragserve.retrieval.hybrid import HybridRetriever
+
+                fused = HybridRetriever([self.retrievers[p] for p in parts])
+                self.retrievers[name] = fused
+                self.batchers[name] = SearchBatcher(fused)
         if name not in self.retrievers:
             raise InputError(
-                f"retriever {name!r} is not available; loaded: {', '.join(self.retrievers)}",
+                f"retriever {name!r} is not available; loaded: {', '.join(self.retrievers)}"
+                " (or several joined by '+', fused)",
                 param="rag.retriever",
             )
         return self.retrievers[name]
+
+    def for_request(self, rag: RagOptions) -> Engine:
+        """This engine, or a view of it whose SEAL retriever uses the request's beam settings
+        (its searches then go unbatched: no other request shares those settings)."""
+        changes = {
+            k: v
+            for k, v in (("beam", rag.seal_beam), ("key_tokens", rag.seal_key_tokens))
+            if v is not None
+        }
+        seal = self.retrievers.get("seal")
+        if not changes or seal is None:
+            return self
+        variant = seal.variant(**changes)  # type: ignore[attr-defined]
+        view = copy.copy(self)
+        view.retrievers = {
+            name: variant if r is seal else with_member(r, seal, variant)
+            for name, r in self.retrievers.items()
+        }
+        view.batchers = {name: SearchBatcher(r) for name, r in view.retrievers.items()}
+        view.batch_searches = False
+        return view
+
+    def bind_loop(self) -> None:
+        """Hand retrievers that run model work (SEAL) the event loop the model runs on."""
+        loop = asyncio.get_running_loop()
+        if self._bound is loop:
+            return
+        self._bound = loop
+        for r in self.retrievers.values():
+            for part in (r, *getattr(r, "members", ())):
+                bind = getattr(part, "bind", None)
+                if bind is not None:
+                    bind(loop)
 
     def searcher(self, name: str | None) -> Search:
         """Batched search on a retriever, shared by concurrent requests (``engine.batcher``)."""
@@ -142,6 +187,14 @@ class Engine:
         strategy = request.rag.strategy
         if strategy != "none":
             self.retriever(request.rag.retriever)  # an unknown retriever is a 400 before any work
+            view = self.for_request(request.rag)
+            if view is not self:
+                async for event in view.run(
+                    replace(request, rag=replace(request.rag, seal_beam=None, seal_key_tokens=None))
+                ):
+                    yield event
+                return
+        self.bind_loop()
         if strategy == "auto_rag":
             name = request.rag.retriever
             retriever, search = self.retriever(name), self.searcher(name)
@@ -194,3 +247,17 @@ class Engine:
 
     async def _count_tokens(self, prompt: str) -> int:
         return len(await asyncio.to_thread(self.generator.tokenize, prompt, special=True))
+
+
+def with_member(r: Retriever, old: Retriever, new: Retriever) -> Retriever:
+    """``r``, or a fusion like it with member ``old`` replaced by ``new``."""
+    members = getattr(r, "members", None)
+    if not members or old not in members:
+        return r
+    from ragserve.retrieval.hybrid import HybridRetriever
+
+    return HybridRetriever(
+        [new if m is old else m for m in members],
+        method=r.method,  # type: ignore[attr-defined]
+        depth=r.depth,  # type: ignore[attr-defined]
+    )

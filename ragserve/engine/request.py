@@ -25,6 +25,8 @@ class RagOptions:
     demonstrations: bool = True  # auto_rag: worked examples for base models
     trace: bool = False  # stream every step
     speculative: bool = False  # ralm, auto_rag: speculative retrieval verified in batches
+    seal_beam: int | None = None  # seal: beam size for this request (server default if None)
+    seal_key_tokens: int | None = None  # seal: longest key, in tokens
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_iterations <= MAX_ITERATIONS:
@@ -41,6 +43,12 @@ class RagOptions:
                 f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}",
                 param="rag.strategy",
             )
+        for name, value, hi in (
+            ("seal_beam", self.seal_beam, 64),
+            ("seal_key_tokens", self.seal_key_tokens, 16),
+        ):
+            if value is not None and not 1 <= value <= hi:
+                raise InputError(f"rag.{name} must be between 1 and {hi}", param=f"rag.{name}")
         if self.k < 1 or self.k > 50:
             raise InputError("rag.k must be between 1 and 50", param="rag.k")
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ragserve.corpus import ChunkingConfig
+from ragserve.engine.seal import with_seal
+from ragserve.errors import InputError
 from ragserve.eval.datasets import Dataset, load_dataset
 from ragserve.eval.retrieval import evaluate
+from ragserve.generation.base import Generator
 from ragserve.indexing import (
     LoadedIndex,
     build_from_file,
@@ -22,6 +25,8 @@ from ragserve.indexing import (
     load_index,
     open_manifest,
 )
+from ragserve.retrieval.base import Retriever
+from ragserve.retrieval.hybrid import HybridRetriever
 from ragserve.retrieval.registry import with_hybrid
 
 
@@ -59,6 +64,19 @@ class RetrievalReport:
         Path(path).write_text(json.dumps(self.flat(), indent=2) + "\n")
 
 
+NEEDS = {"hybrid": ("bm25", "dense"), "seal": ("fmindex",)}
+
+
+def stored_retrievers(names: list[str]) -> list[str]:
+    """The index's retrievers that ``names`` need: ``hybrid`` is BM25 and dense, ``seal`` the
+    FM-index, ``a+b`` its parts."""
+    out: list[str] = []
+    for name in names:
+        for part in name.split("+"):
+            out.extend(NEEDS.get(part, (part,)))
+    return list(dict.fromkeys(out))
+
+
 def open_eval_index(
     dataset: Dataset,
     index_dir: Path,
@@ -70,9 +88,7 @@ def open_eval_index(
     """The index ``eval-<dataset>`` with ``retrievers`` (hybrid: BM25 and dense), built if absent
     or lacking one of them."""
     name = f"eval-{dataset.name}"
-    stored = [r for r in retrievers if r != "hybrid"]
-    if "hybrid" in retrievers:
-        stored = list(dict.fromkeys([*stored, "bm25", "dense"]))
+    stored = stored_retrievers(retrievers)
     if not rebuild and name in list_indexes(index_dir):
         have = open_manifest(index_dir, name)[1].retrievers
         rebuild = any(r not in have for r in stored)
@@ -97,12 +113,20 @@ def run_retrieval_eval(
     rebuild: bool = False,
     dense_factory: str = "Flat",
     progress: bool = True,
+    generator: Generator | None = None,
+    limit: int | None = None,
 ) -> RetrievalReport:
+    """``generator``: the model SEAL writes keys with (needed for ``seal``); ``limit``: the
+    first N queries only."""
     dataset = load_dataset(data)
+    if limit is not None:
+        dataset = replace(dataset, queries=dataset.queries[:limit])
     index = open_eval_index(dataset, index_dir, retrievers, rebuild, dense_factory, progress)
     try:
         loaded = with_hybrid(index.retrievers)
-        chosen = {r: loaded[r] for r in retrievers}
+        if generator is not None:
+            loaded = with_seal(loaded, generator)
+        chosen = {r: fused(loaded, r) for r in retrievers}
         results = evaluate(dataset, chosen, index.docstore.doc_ids())
         build_s = index.manifest.build.get("retriever_seconds", {})
         for r, metrics in results.items():
@@ -120,3 +144,15 @@ def run_retrieval_eval(
         return RetrievalReport(dataset, results, settings)
     finally:
         index.close()
+
+
+def fused(loaded: dict[str, Retriever], name: str) -> Retriever:
+    """A loaded retriever, or ``a+b+c`` fused from loaded ones."""
+    if name in loaded:
+        return loaded[name]
+    parts = name.split("+")
+    missing = [p for p in parts if p not in loaded]
+    if len(parts) < 2 or missing:
+        hint = " (seal needs a generator)" if "seal" in missing else ""
+        raise InputError(f"retriever {name!r} is not available{hint}")
+    return HybridRetriever([loaded[p] for p in parts])

@@ -21,7 +21,6 @@ import ctypes
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from ragserve.generation.base import (
 from ragserve.generation.chat import plain_transcript, render_jinja
 from ragserve.generation.llama_step import CHUNK, Pick, StepLoop, ignore_logits
 from ragserve.generation.models import resolve_gguf
-from ragserve.generation.sampling import Sampler, top_tokens
+from ragserve.generation.sampling import Sampler
 from ragserve.generation.streaming import StopTextStream
 from ragserve.generation.tokenizer import tokenizer_identity
 
@@ -118,7 +117,7 @@ class LlamaCppGenerator:
                 )
         except ValueError as e:
             raise InputError(f"failed to load model {self.path}: {e}") from None
-        threads = n_threads or os.cpu_count() or 1
+        threads = self._threads = n_threads or os.cpu_count() or 1
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx * slots
         cparams.n_seq_max = slots
@@ -151,6 +150,7 @@ class LlamaCppGenerator:
         self._waiters: deque[tuple[asyncio.Future[_Seq], Sequence[int]]] = deque()
         self._loop = StepLoop(self._ctx, self._batch, self._n_vocab, slots + CHUNK)
         self.stats = {"prompt_tokens": 0, "evaluated_tokens": 0}
+        self._tree: Any = None  # llama_tree.PrefixTree for next_token_topk, made on first use
 
     @property
     def step_stats(self):  # type: ignore[no-untyped-def]
@@ -325,28 +325,39 @@ class LlamaCppGenerator:
                 raise InputError("empty prefix")
             if len(p) >= self.context_length:
                 raise ContextLengthError(len(p), self.context_length)
-        # Visiting prefixes in sorted order makes each share the longest prefix with the last.
-        order = sorted(range(len(lists)), key=lambda i: lists[i])
-        out: list[list[TopToken]] = [[] for _ in lists]
-        seq = await self._acquire(lists[order[0]])
-        try:
-            for i in order:
-                out[i] = await self._prefill(seq, lists[i], partial(top_tokens, m=m))
-        finally:
-            self._release(seq)
-        return out
+        if not lists:
+            return []
+        return await self._loop.call(self._tree_topk, lists, m)
+
+    def _tree_topk(self, lists: list[list[int]], m: int) -> list[list[TopToken]]:
+        # Made on first use: only beam searches (SEAL) pay for its KV cells.
+        if self._tree is None:
+            from ragserve.generation.llama_tree import PrefixTree
+
+            self._tree = PrefixTree(self._model, self._n_vocab, self._threads)
+        return self._tree.topk(lists, m)
+
+    async def reset_topk_cache(self, keep: Sequence[int] = ()) -> None:
+        """Forget what ``next_token_topk`` cached but ``keep`` (a shared prompt head): a search
+        that starts from here gets the same logits every time (``llama_tree.PrefixTree``)."""
+        if self._tree is not None:
+            await self._loop.call(self._tree.forget, [int(t) for t in keep])
 
     async def reset_prefix_cache(self) -> None:
         """Forget the prompts idle sequences hold (as vLLM's method of that name): a benchmark
         starts each run cold, not on the cache of the run before it."""
         for seq in list(self._free):
             await self._loop.call(self._truncate, seq, 0)
+        if self._tree is not None:
+            await self._loop.call(self._tree.forget)
 
     async def aclose(self) -> None:
         """Wait for running requests to hand their sequences back, then free the model."""
         for seq in list(self._seqs):
             await self._acquire(seq.tokens)
         await self._loop.call(self._batch.close)
+        if self._tree is not None:
+            await self._loop.call(self._tree.close)
         await self._loop.call(self._ctx.close)
         await self._loop.call(self._model.close)
         self._loop.shutdown()

@@ -16,6 +16,7 @@ from pydantic.json_schema import models_json_schema
 from ragserve import __version__
 from ragserve.config import Settings
 from ragserve.engine.core import Engine
+from ragserve.engine.seal import with_seal
 from ragserve.errors import IndexMismatchError
 from ragserve.generation.factory import create_generator
 from ragserve.indexing import LoadedIndex, load_index, open_manifest
@@ -45,7 +46,7 @@ def load_engine(settings: Settings) -> tuple[Engine, LoadedIndex]:
             if r != "fmindex"
         ]
         index = load_index(settings.index_dir, settings.index, names, options)
-    retrievers = with_hybrid(index.retrievers)
+    retrievers = with_seal(with_hybrid(index.retrievers), generator)
     engine = Engine(retrievers, index.docstore, generator, settings.retriever)
     return engine, index
 

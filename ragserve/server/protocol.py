@@ -70,6 +70,10 @@ class RagParams(BaseModel):
         False,
         description="ralm, auto_rag: retrieve from the request's cache first, verify in batches",
     )
+    seal_beam: Int | None = Field(None, ge=1, le=64, description="seal: beam size; default 15")
+    seal_key_tokens: Int | None = Field(
+        None, ge=1, le=16, description="seal: longest generated key in tokens; default 10"
+    )
 
 
 # OpenAI fields this server does not implement: a request that asks for them gets a 400 naming

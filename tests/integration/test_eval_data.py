@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ragserve.cli import main
 from ragserve.eval.datasets import load_dataset
 from ragserve.retrieval.bm25 import BM25Retriever
+from tests.conftest import eval_retrieval
 
 pytestmark = pytest.mark.integration
 
@@ -36,23 +36,7 @@ def test_okapi_reproduces_rank_bm25_on_scifact(data_dir: Path) -> None:
 
 
 def test_eval_command_on_nq(data_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "nq.json"
-    code = main(
-        [
-            "eval",
-            "retrieval",
-            "--data",
-            str(data_dir / "nq"),
-            "--index-dir",
-            str(tmp_path),
-            "--retrievers",
-            "bm25,dense,hybrid",
-            "--json",
-            str(out),
-        ]
-    )
-    assert code == 0
-    metrics = json.loads(out.read_text())
+    metrics = eval_retrieval(data_dir / "nq", tmp_path, "bm25,dense,hybrid")
     assert metrics["data"] == "nq" and metrics["queries"] == 1000
     assert metrics["dense/recall@10"] > 0.95 and metrics["bm25/recall@10"] > 0.85
     assert metrics["hybrid/recall@10"] >= metrics["bm25/recall@10"]
@@ -60,19 +44,5 @@ def test_eval_command_on_nq(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_bm25_scifact_ndcg(data_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "scifact.json"
-    main(
-        [
-            "eval",
-            "retrieval",
-            "--data",
-            str(data_dir / "scifact"),
-            "--index-dir",
-            str(tmp_path),
-            "--retrievers",
-            "bm25",
-            "--json",
-            str(out),
-        ]
-    )
-    assert json.loads(out.read_text())["bm25/ndcg@10"] >= 0.68
+    metrics = eval_retrieval(data_dir / "scifact", tmp_path, "bm25")
+    assert metrics["bm25/ndcg@10"] >= 0.68

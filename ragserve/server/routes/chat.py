@@ -77,6 +77,8 @@ def to_rag_request(body: ChatCompletionRequest, state: ServerState) -> RagReques
         demonstrations=body.rag.demonstrations,
         trace=body.rag.trace,
         speculative=body.rag.speculative,
+        seal_beam=body.rag.seal_beam,
+        seal_key_tokens=body.rag.seal_key_tokens,
     )
     return RagRequest(messages=messages, params=params, rag=rag)
 

@@ -1,0 +1,402 @@
+"""SEAL (Bevilacqua et al., 2022): the model writes the search keys, the FM-index keeps them real.
+
+A beam search over the generator writes n-grams of a passage that would answer the query; every
+step extends each live beam only by tokens after which the n-gram still occurs in the corpus
+(``FMIndexRetriever.allowed_next``), so every key the model writes is a real corpus substring.
+Body keys may start anywhere in a passage; title keys start at a title's open marker and count
+only when they end at its close marker (whole titles). Every partial n-gram a beam holds is a
+key, with the model's log-probability of it.
+
+Passages are scored as in the paper. Each key ``n`` gets a weight from how much likelier the
+model finds it for this query than the corpus does, ``w(n, q) = max(0, log[P(n|q)(1 - P(n))] -
+log[P(n)(1 - P(n|q))])``, with the corpus prior ``P(n)`` from FM-index counts (add-one
+smoothed). ``intersective`` (default) sums, over the non-overlapping keys a passage contains,
+``w ** alpha`` times the share of the key's tokens not already covered by better keys (``beta``
+weighs that share); ``lm+fm`` takes a passage's best key.
+
+It lives in the engine because it needs both the model and the index. Keys depend only on the
+query, so they are cached per query: ``search`` and ``score`` then agree exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ragserve.errors import InputError
+from ragserve.generation.base import Generator
+from ragserve.retrieval.base import (
+    Hit,
+    Retriever,
+    check_doc_ids,
+    check_identity,
+    check_queries,
+    top_k,
+)
+from ragserve.retrieval.fmindex import FMIndexRetriever
+
+T = TypeVar("T")
+SCORINGS = ("intersective", "lm+fm")
+BEAM_RANGE = (1, 64)
+KEY_RANGE = (1, 16)
+
+# Written for a base model: it continues a list of questions, each followed by the title and the
+# opening of a passage that answers it. Our own examples, on nothing any evaluation set asks.
+DEMONSTRATIONS = (
+    (
+        "How do plants turn sunlight into food?",
+        "Photosynthesis",
+        "Photosynthesis is the process by which green plants use light energy to turn water"
+        " and carbon dioxide into glucose, releasing oxygen.",
+    ),
+    (
+        "Which river flows through Budapest?",
+        "Danube",
+        "The Danube is the second-longest river in Europe. It flows through Vienna, Bratislava,"
+        " Budapest and Belgrade before reaching the Black Sea.",
+    ),
+    (
+        "What does the json module in Python do?",
+        "json (Python module)",
+        "The json module encodes Python objects as JSON text and decodes JSON text back into"
+        " dictionaries, lists, strings and numbers.",
+    ),
+)
+HEADER = (
+    "Each question below is followed by the title and the text of a passage from the"
+    " collection that answers it.\n\n"
+)
+
+
+def seal_prompt(query: str, title: bool) -> str:
+    """The text the model continues with a title (``title``) or passage text."""
+    shots = "".join(f"Question: {q}\nTitle: {t}\nPassage: {p}\n\n" for q, t, p in DEMONSTRATIONS)
+    question = " ".join(query.split())
+    return f"{HEADER}{shots}Question: {question}\n" + ("Title:" if title else "Passage:")
+
+
+@dataclass(frozen=True)
+class SealConfig:
+    """Beam search and scoring settings; ``InputError`` naming the field when out of range."""
+
+    beam: int = 15
+    title_beam: int = 5
+    key_tokens: int = 10
+    candidates: int = 24  # model's top tokens per beam and step, before the FM-index filter
+    scoring: str = "intersective"
+    alpha: float = 2.0
+    beta: float = 0.8
+    max_locate: int = 2000  # occurrences located for one key; more frequent keys are capped
+    group: int = 2  # queries whose beams share model steps (more widens every step's attention)
+
+    def __post_init__(self) -> None:
+        for name, (lo, hi) in (
+            ("beam", BEAM_RANGE),
+            ("title_beam", (0, BEAM_RANGE[1])),
+            ("key_tokens", KEY_RANGE),
+            ("candidates", (1, 256)),
+            ("max_locate", (1, 10**7)),
+            ("group", (1, 64)),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise InputError(
+                    f"seal {name} must be an integer in [{lo}, {hi}], got {value!r}",
+                    param=f"seal_{name}",
+                )
+        if self.scoring not in SCORINGS:
+            raise InputError(
+                f"unknown seal scoring {self.scoring!r}; choose from {', '.join(SCORINGS)}",
+                param="seal_scoring",
+            )
+
+
+@dataclass(frozen=True)
+class Key:
+    """A generated n-gram: its tokens, whether it is a whole title, log P(n|q), corpus count."""
+
+    tokens: tuple[int, ...]
+    title: bool
+    logprob: float
+    count: int
+
+
+@dataclass
+class Timing:
+    """Seconds spent so far, by part: model steps, FM-index probes, passage scoring."""
+
+    queries: int = 0
+    steps: int = 0
+    model_s: float = 0.0
+    index_s: float = 0.0
+    scoring_s: float = 0.0
+    per_query_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Beams:
+    """One query's beam of one kind (body or title)."""
+
+    query: int
+    title: bool
+    width: int
+    prompt: list[int]
+    live: list[tuple[tuple[int, ...], float]]
+    keys: dict[tuple[int, ...], Key]
+
+
+class SealRetriever:
+    """The ``Retriever`` seam over SEAL keys. ``search`` may be called from worker threads: the
+    model work runs on the event loop given to ``bind`` (the server's), else in a loop of its own.
+    """
+
+    name = "seal"
+
+    def __init__(
+        self,
+        index: FMIndexRetriever,
+        generator: Generator,
+        config: SealConfig | None = None,
+        *,
+        cache_size: int = 4096,
+    ):
+        identity = getattr(generator, "identity", None)
+        if identity is not None:  # keys are written in the generator's tokens
+            check_identity(
+                "FM-index tokenizer",
+                index.params,
+                identity(),
+                ("tokenizer", "n_vocab", "probe"),
+                "rebuild the index with the generator's",
+            )
+        self.index = index
+        self.generator = generator
+        self.config = config or SealConfig()
+        self.timing = Timing()
+        self._cache: OrderedDict[tuple[str, SealConfig], list[Key]] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._head: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def variant(self, **changes: Any) -> SealRetriever:
+        """The same index, model and key cache with other settings (per-request overrides)."""
+        other = SealRetriever.__new__(SealRetriever)
+        other.__dict__.update(self.__dict__)
+        other.config = replace(self.config, **changes)
+        return other
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run model work on ``loop`` when called from another thread (backends hold their
+        model to one event loop at a time)."""
+        self._loop = loop
+
+    # -- the Retriever seam --
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        k = check_queries(queries, k, len(self))
+        return self._run(self.asearch(list(queries), k))
+
+    def score(self, query: str, doc_ids: Sequence[int]) -> list[float]:
+        check_queries([query], 1, len(self))
+        ids = check_doc_ids(doc_ids, len(self))
+        keys = self._run(self.keys([query]))[0]
+        scores = self._scores(keys)
+        return [scores.get(i, 0.0) for i in ids]
+
+    async def asearch(self, queries: list[str], k: int) -> list[list[Hit]]:
+        k = check_queries(queries, k, len(self))
+        out = []
+        for keys in await self.keys(queries):
+            dense = np.zeros(len(self))
+            for doc, s in self._scores(keys).items():
+                dense[doc] = s
+            out.append(top_k(dense, k))
+        return out
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        loop = self._loop
+        if loop is not None and loop.is_running() and not loop.is_closed():
+            try:
+                here = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            if here is loop:
+                coro.close()
+                raise RuntimeError("on the event loop, await asearch() instead of search()")
+            return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        return asyncio.run(coro)
+
+    # -- keys: the constrained beam search --
+
+    async def keys(self, queries: Sequence[str]) -> list[list[Key]]:
+        """Each query's keys, from the cache or from one beam search over all the new ones."""
+        found: dict[str, list[Key]] = {}
+        with self._lock:
+            for q in queries:
+                hit = self._cache.get((q, self.config))
+                if hit is not None:
+                    self._cache.move_to_end((q, self.config))
+                    found[q] = hit
+        todo = [q for q in dict.fromkeys(queries) if q not in found]
+        if todo:
+            fresh = []
+            for start in range(0, len(todo), self.config.group):
+                fresh.extend(await self._beam_search(todo[start : start + self.config.group]))
+            with self._lock:
+                for q, keys in zip(todo, fresh, strict=True):
+                    found[q] = keys
+                    self._cache[(q, self.config)] = keys
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return [found[q] for q in queries]
+
+    def _prompt(self, query: str, title: bool) -> list[int]:
+        text = seal_prompt(query, title)
+        head = text[: text.rindex("Question:")]
+        if self._head is None:  # the instructions and examples, shared by every query
+            self._head = self.generator.tokenize(head, special=True)  # with BOS
+        return self._head + self.generator.tokenize(text[len(head) :], special=False)
+
+    async def _beam_search(self, queries: list[str]) -> list[list[Key]]:
+        cfg = self.config
+        start = time.perf_counter()
+        beams = []
+        for qi, q in enumerate(queries):
+            beams.append(_Beams(qi, False, cfg.beam, self._prompt(q, False), [((), 0.0)], {}))
+            if cfg.title_beam:
+                beams.append(
+                    _Beams(qi, True, cfg.title_beam, self._prompt(q, True), [((), 0.0)], {})
+                )
+        reset = getattr(self.generator, "reset_topk_cache", None)
+        if reset is not None:  # same queries, same keys (see llama_tree)
+            await reset(self._head or [])
+        for _ in range(cfg.key_tokens):
+            live = [(b, toks, lp) for b in beams for toks, lp in b.live]
+            if not live:
+                break
+            t0 = time.perf_counter()
+            tops = await self.generator.next_token_topk(
+                [b.prompt + list(toks) for b, toks, _ in live], cfg.candidates
+            )
+            t1 = time.perf_counter()
+            self.timing.model_s += t1 - t0
+            self.timing.steps += 1
+            extended: dict[int, list[tuple[tuple[int, ...], float]]] = defaultdict(list)
+            for (b, toks, lp), top in zip(live, tops, strict=True):
+                allowed = set(
+                    self.index.allowed_next(toks, [t.token_id for t in top], title=b.title)
+                )
+                for t in top:
+                    if t.token_id in allowed:
+                        extended[id(b)].append(((*toks, t.token_id), lp + t.logprob))
+            for b in beams:
+                cands = sorted(extended.get(id(b), []), key=lambda c: (-c[1], c[0]))
+                b.live = cands[: b.width]
+                for toks, lp in b.live:
+                    if toks in b.keys:
+                        continue
+                    count = self.index.count(toks, title=b.title)
+                    if count > 0:  # a title key counts only once it is a whole title
+                        b.keys[toks] = Key(toks, b.title, lp, count)
+            self.timing.index_s += time.perf_counter() - t1
+        out: list[list[Key]] = [[] for _ in queries]
+        for b in beams:
+            out[b.query].extend(b.keys.values())
+        self.timing.queries += len(queries)
+        self.timing.per_query_s.append((time.perf_counter() - start) / len(queries))
+        return out
+
+    # -- scoring --
+
+    def weight(self, key: Key) -> float:
+        """SEAL's w(n, q): how much likelier the model finds the key than the corpus does."""
+        p_corpus = (key.count + 1) / (self.index.total_tokens + 1)
+        p_query = min(max(math.exp(key.logprob), 1e-12), 1 - 1e-9)
+        return max(
+            0.0,
+            math.log(p_query * (1 - p_corpus)) - math.log(p_corpus * (1 - p_query)),
+        )
+
+    def _scores(self, keys: Sequence[Key]) -> dict[int, float]:
+        t0 = time.perf_counter()
+        cfg = self.config
+        per_doc: dict[int, list[tuple[float, Key]]] = defaultdict(list)
+        ranked = sorted(
+            ((self.weight(k), k) for k in keys), key=lambda wk: (-wk[0], wk[1].title, wk[1].tokens)
+        )
+        for w, key in ranked:
+            if w <= 0:
+                continue
+            for doc in self._postings(key):
+                per_doc[doc].append((w, key))
+        scores: dict[int, float] = {}
+        for doc, found in per_doc.items():
+            if cfg.scoring == "lm+fm":
+                scores[doc] = found[0][0]
+            else:
+                scores[doc] = intersective(found, cfg.alpha, cfg.beta)
+        self.timing.scoring_s += time.perf_counter() - t0
+        return scores
+
+    def _postings(self, key: Key) -> set[int]:
+        limit = self.config.max_locate
+        if key.count <= limit:
+            return set(self.index.passages(key.tokens, title=key.title))
+        return self.index.some_passages(key.tokens, title=key.title, limit=limit)
+
+
+def _inside(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    n = len(small)
+    return any(big[i : i + n] == small for i in range(len(big) - n + 1))
+
+
+def intersective(found: Sequence[tuple[float, Key]], alpha: float, beta: float) -> float:
+    """SEAL's intersective score of one passage: its keys best first, each that does not overlap
+    a better one adding ``w ** alpha`` times ``1 - beta + beta * (share of its tokens new)``."""
+    chosen: list[Key] = []
+    covered: set[tuple[bool, int]] = set()
+    total = 0.0
+    for w, key in found:
+        if any(
+            c.title == key.title
+            and (_inside(key.tokens, c.tokens) or _inside(c.tokens, key.tokens))
+            for c in chosen
+        ):
+            continue
+        units = {(key.title, t) for t in key.tokens}
+        new = len(units - covered) / len(units)
+        total += w**alpha * (1 - beta + beta * new)
+        chosen.append(key)
+        covered |= units
+    return total
+
+
+def with_seal(
+    retrievers: dict[str, Retriever], generator: Generator, config: SealConfig | None = None
+) -> dict[str, Retriever]:
+    """Add ``seal`` over a loaded ``fmindex``, and ``bm25+dense+seal`` when those are loaded."""
+    fm = retrievers.get("fmindex")
+    if not isinstance(fm, FMIndexRetriever):
+        return retrievers
+    seal = SealRetriever(fm, generator, config)
+    out = {**retrievers, "seal": seal}
+    if "bm25" in retrievers and "dense" in retrievers:
+        from ragserve.retrieval.hybrid import HybridRetriever
+
+        out["bm25+dense+seal"] = HybridRetriever([retrievers["bm25"], retrievers["dense"], seal])
+    return out
+
+
+__all__ = ["Key", "SealConfig", "SealRetriever", "intersective", "seal_prompt", "with_seal"]
