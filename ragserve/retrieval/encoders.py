@@ -91,7 +91,6 @@ class TorchMiniLM:
         self._tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(_MAX_LENGTH)
-        self.encode_query = lru_cache(maxsize=4096)(self._encode_one)  # type: ignore[method-assign]
 
     def identity(self) -> dict[str, Any]:
         return _identity(self.precision, _MAX_LENGTH)
@@ -130,7 +129,7 @@ class TorchMiniLM:
         bar.close()
         return out
 
-    def _encode_one(self, text: str) -> np.ndarray:
+    def encode_query(self, text: str) -> np.ndarray:
         vec = self._run([self._tokenizer.encode(text).ids])[0]
         vec.setflags(write=False)
         return vec
@@ -150,7 +149,6 @@ class SentenceTransformerMiniLM:
         if threads:
             torch.set_num_threads(threads)
         self._model = SentenceTransformer(str(model_dir()), device="cpu")
-        self.encode_query = lru_cache(maxsize=4096)(self._encode_one)  # type: ignore[method-assign]
 
     def identity(self) -> dict[str, Any]:
         return _identity(self.precision, self._model.max_seq_length)
@@ -167,7 +165,7 @@ class SentenceTransformerMiniLM:
             convert_to_numpy=True,
         )
 
-    def _encode_one(self, text: str) -> np.ndarray:
+    def encode_query(self, text: str) -> np.ndarray:
         vec = self.encode([text])[0]
         vec.setflags(write=False)
         return vec

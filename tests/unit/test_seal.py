@@ -59,6 +59,8 @@ def test_search_and_score_agree_and_keys_are_cached(fm, tokenizer) -> None:  # t
     assert hits and hits[0].score > 0
     assert seal.score(q, [h.doc_id for h in hits]) == [h.score for h in hits]
     assert model.calls == calls  # the query's keys came from the cache
+    best_key = seal.variant(scoring="lm+fm").search([q], 3)[0]
+    assert best_key and model.calls == calls  # other scoring, same keys
 
 
 def test_several_queries_search_together(fm, tokenizer) -> None:  # type: ignore[no-untyped-def]

@@ -24,7 +24,9 @@ class VectorRetriever:
 
     name = "vectors"
 
-    def __init__(self, n: int = 200, dim: int = 8, seed: int = 0):
+    def __init__(self, n: int = 200, dim: int = 8, seed: int = 0, delay_s: float = 0.0):
+        """``delay_s``: how long each search call takes, as a real index would."""
+        self.delay_s = delay_s
         rng = np.random.default_rng(seed)
         v = rng.normal(size=(n, dim))
         self.vectors = v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -45,6 +47,7 @@ class VectorRetriever:
             self.calls.append(len(queries))
         if self.fail:
             raise RuntimeError("index unavailable")
+        time.sleep(self.delay_s)
         return [top_k(self.vectors @ self._q(q), k) for q in queries]
 
     def score(self, query: str, doc_ids: Sequence[int]) -> list[float]:
@@ -150,14 +153,7 @@ def test_verified_states_stream_then_end_with_the_final_state() -> None:
 def test_a_long_step_on_a_wrong_guess_stops_when_its_verification_fails() -> None:
     """auto_rag's steps are whole turns: one built on a guess that verification has already
     refuted is stopped, not finished, and the chain is still the plain one."""
-    r = VectorRetriever()
-    slow = r.search
-
-    def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
-        time.sleep(0.01)
-        return slow(queries, k)
-
-    r.search = search  # type: ignore[method-assign]
+    r = VectorRetriever(delay_s=0.01)
     finished: list[int] = []
 
     def query(state: tuple[int, ...]) -> str | None:
@@ -257,14 +253,7 @@ def test_batcher_joins_concurrent_searches_and_splits_results() -> None:
 
 
 def test_searches_arriving_during_a_batch_go_together_next() -> None:
-    r = VectorRetriever()
-    slow = r.search
-
-    def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
-        time.sleep(0.1)
-        return slow(queries, k)
-
-    r.search = search  # type: ignore[method-assign]
+    r = VectorRetriever(delay_s=0.1)
     b = SearchBatcher(r, window_s=0.001)
 
     async def late(i: int) -> list[list[Hit]]:
@@ -276,7 +265,7 @@ def test_searches_arriving_during_a_batch_go_together_next() -> None:
 
     got = asyncio.run(go())
     assert r.calls == [1, 5]  # one batch at a time; the five that waited went as one
-    assert got[3] == slow(["q3"], 3)
+    assert got[3] == r.search(["q3"], 3)
 
 
 def test_batcher_keeps_k_apart_and_fails_only_bad_callers() -> None:
