@@ -332,9 +332,10 @@ class LlamaCppGenerator:
     def _tree_topk(self, lists: list[list[int]], m: int) -> list[list[TopToken]]:
         # Made on first use: only beam searches (SEAL) pay for its KV cells.
         if self._tree is None:
-            from ragserve.generation.llama_tree import PrefixTree
+            from ragserve.generation.llama_tree import CELLS, PrefixTree
 
-            self._tree = PrefixTree(self._model, self._n_vocab, self._threads)
+            cells = max(CELLS, 2 * self.context_length)  # a prefix fits, with its beams
+            self._tree = PrefixTree(self._model, self._n_vocab, self._threads, cells)
         return self._tree.topk(lists, m)
 
     async def reset_topk_cache(self, keep: Sequence[int] = ()) -> None:

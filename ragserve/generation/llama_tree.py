@@ -23,7 +23,7 @@ from ragserve.generation.base import TopToken
 
 SEQS = 128  # sequences the tree holds: live beams of the queries searched together, and cached
 CELLS = 8192  # KV cells shared by all of them (about 18 KiB each for the bundled model)
-BATCH = 512  # tokens per llama_decode call
+BATCH = 128  # tokens per llama_decode call (its logits buffer: BATCH x 262k floats)
 
 
 @dataclass
@@ -50,13 +50,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
 
 
 class PrefixTree:
-    def __init__(self, model, n_vocab: int, n_threads: int):  # type: ignore[no-untyped-def]
+    def __init__(self, model, n_vocab: int, n_threads: int, cells: int = CELLS):  # type: ignore[no-untyped-def]
         import llama_cpp
         from llama_cpp import _internals
         from llama_cpp._utils import suppress_stdout_stderr
 
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = CELLS
+        self.cells = cells
+        cparams.n_ctx = cells
         cparams.n_seq_max = SEQS
         cparams.kv_unified = True
         cparams.swa_full = True
@@ -102,7 +103,17 @@ class PrefixTree:
             return self._evaluate(prefixes, plans, m)
         except _NoRoom:
             self.forget()
+        try:
             return self._evaluate(prefixes, self._plan(prefixes), m)
+        except _NoRoom:
+            self.forget()
+            if len(prefixes) == 1:
+                raise RuntimeError(
+                    f"a {len(prefixes[0])}-token prefix does not fit the {self.cells} KV cells"
+                    " kept for next_token_topk"
+                ) from None
+        half = len(prefixes) // 2  # together they do not fit: half at a time
+        return self._call(prefixes[:half], m) + self._call(prefixes[half:], m)
 
     def _plan(self, prefixes: list[list[int]]) -> list[tuple[_Slot, int]]:
         """A sequence for each prefix and how many of its tokens that sequence already holds.

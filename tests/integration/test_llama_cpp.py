@@ -78,6 +78,26 @@ def test_next_token_topk_agrees_with_greedy_generation(generator: LlamaCppGenera
     assert all(t[0].logprob >= t[1].logprob >= t[3].logprob for t in tops)
 
 
+def test_topk_prefixes_that_do_not_fit_together_go_half_at_a_time(
+    generator: LlamaCppGenerator,
+) -> None:
+    from ragserve.generation.llama_tree import PrefixTree
+
+    words = ["apple", "river", "stone", "cloud"]
+    prefixes = [generator.tokenize(f"{w} " * 200)[:200] for w in words]  # 800 tokens, no sharing
+    tree = PrefixTree(generator._model, generator._n_vocab, 2, cells=600)
+    try:
+        together = tree.topk(prefixes, 3)
+        alone = [tree.topk([p], 3)[0] for p in prefixes]
+        assert [[t.token_id for t in r] for r in together] == [
+            [t.token_id for t in r] for r in alone
+        ]
+        with pytest.raises(RuntimeError, match="600 KV cells"):
+            tree.topk([prefixes[0] * 4], 3)
+    finally:
+        tree.close()
+
+
 def test_prompt_longer_than_context_names_both_lengths(generator: LlamaCppGenerator) -> None:
     with pytest.raises(ContextLengthError, match=r"prompt is \d+ tokens but .* 2048 tokens"):
         asyncio.run(collect(generator, "word " * 3000))
