@@ -25,6 +25,7 @@ from ragserve.engine.speculative import Search
 from ragserve.errors import ContextLengthError, InputError
 from ragserve.generation.base import Generator, SamplingParams, Usage
 from ragserve.retrieval.base import Hit, Retriever
+from ragserve.retrieval.registry import fuse
 
 log = logging.getLogger("ragserve.engine")
 
@@ -68,14 +69,9 @@ class Engine:
     def retriever(self, name: str | None) -> Retriever:
         """A loaded retriever by name; ``a+b+c`` fuses loaded ones (``hybrid``), made once."""
         name = name or self.default_retriever
-        if name not in self.retrievers and "+" in name:
-            parts = name.split("+")
-            if all(p in self.retrievers for p in parts) and len(set(parts)) == len(parts) > 1:
-                from ragserve.retrieval.hybrid import HybridRetriever
-
-                fused = HybridRetriever([self.retrievers[p] for p in parts])
-                self.retrievers[name] = fused
-                self.batchers[name] = SearchBatcher(fused)
+        if name not in self.retrievers and (fused := fuse(self.retrievers, name)) is not None:
+            self.retrievers[name] = fused
+            self.batchers[name] = SearchBatcher(fused)
         if name not in self.retrievers:
             raise InputError(
                 f"retriever {name!r} is not available; loaded: {', '.join(self.retrievers)}"
@@ -101,7 +97,7 @@ class Engine:
             name: variant if r is seal else with_member(r, seal, variant)
             for name, r in self.retrievers.items()
         }
-        view.batchers = {name: SearchBatcher(r) for name, r in view.retrievers.items()}
+        view.batchers = {}  # unused: its searches are its own
         view.batch_searches = False
         return view
 

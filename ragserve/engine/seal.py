@@ -297,19 +297,21 @@ class SealRetriever:
             t1 = time.perf_counter()
             self.timing.model_s += t1 - t0
             self.timing.steps += 1
-            extended: dict[int, list[tuple[tuple[int, ...], float]]] = defaultdict(list)
+            # beam -> (n-gram, log-probability, occurrences of the n-gram)
+            extended: dict[int, list[tuple[tuple[int, ...], float, int]]] = defaultdict(list)
             for (b, toks, lp), top in zip(live, tops, strict=True):
-                allowed = set(
-                    self.index.allowed_next(toks, [t.token_id for t in top], title=b.title)
-                )
+                found = self.index.next_counts(toks, [t.token_id for t in top], title=b.title)
                 for t in top:
-                    if t.token_id in allowed:
-                        extended[id(b)].append(((*toks, t.token_id), lp + t.logprob))
+                    if t.token_id in found:
+                        extended[id(b)].append(
+                            ((*toks, t.token_id), lp + t.logprob, found[t.token_id])
+                        )
             for b in beams:
                 cands = sorted(extended.get(id(b), []), key=lambda c: (-c[1], c[0]))
                 b.live = []
-                for toks, lp in cands[: b.width]:
-                    count = self.index.count(toks, title=b.title)
+                for toks, lp, found_n in cands[: b.width]:
+                    # a body key occurs as often as the extension; a title key only when whole
+                    count = self.index.count(toks, title=True) if b.title else found_n
                     if count > 0:  # a title key counts only once it is a whole title
                         b.keys[toks] = Key(toks, b.title, lp, count)
                     if b.title or count > 1:

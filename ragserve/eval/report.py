@@ -26,8 +26,7 @@ from ragserve.indexing import (
     open_manifest,
 )
 from ragserve.retrieval.base import Retriever
-from ragserve.retrieval.hybrid import HybridRetriever
-from ragserve.retrieval.registry import with_hybrid
+from ragserve.retrieval.registry import fuse, with_hybrid
 
 
 @dataclass
@@ -148,11 +147,8 @@ def run_retrieval_eval(
 
 def fused(loaded: dict[str, Retriever], name: str) -> Retriever:
     """A loaded retriever, or ``a+b+c`` fused from loaded ones."""
-    if name in loaded:
-        return loaded[name]
-    parts = name.split("+")
-    missing = [p for p in parts if p not in loaded]
-    if len(parts) < 2 or missing:
-        hint = " (seal needs a generator)" if "seal" in missing else ""
+    r = loaded.get(name) or fuse(loaded, name)
+    if r is None:
+        hint = " (seal needs a generator)" if "seal" in name.split("+") else ""
         raise InputError(f"retriever {name!r} is not available{hint}")
-    return HybridRetriever([loaded[p] for p in parts])
+    return r

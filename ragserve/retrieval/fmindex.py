@@ -195,14 +195,21 @@ class FMIndexRetriever:
     ) -> list[int]:
         """The candidates ``c`` for which ``prefix + [c]`` occurs in the corpus (``title``: at
         the start of a title)."""
+        return list(self.next_counts(prefix, candidates, title=title))
+
+    def next_counts(
+        self, prefix: Sequence[int], candidates: Sequence[int], *, title: bool = False
+    ) -> dict[int, int]:
+        """``allowed_next`` with the occurrences of each ``prefix + [c]``, in candidate order."""
         head = self._pattern(prefix, title, closed=False) if (prefix or title) else ""
         if head is None:
-            return []
-        out = []
+            return {}
+        out = {}
         for c in candidates:
             ch = self.alphabet.char(c)
-            if ch is not None and self._index.count_all(head + ch) > 0:
-                out.append(c)
+            found = self._index.count_all(head + ch) if ch is not None else 0
+            if found > 0:
+                out[c] = found
         return out
 
     def title_count(self, title_prefix: Sequence[int]) -> int:

@@ -90,3 +90,14 @@ def with_hybrid(retrievers: dict[str, Retriever]) -> dict[str, Retriever]:
 
         return {**retrievers, "hybrid": HybridRetriever([retrievers["bm25"], retrievers["dense"]])}
     return retrievers
+
+
+def fuse(retrievers: dict[str, Retriever], name: str) -> Retriever | None:
+    """``a+b+c``: the z-score fusion of loaded retrievers ``a``, ``b`` and ``c``; ``None`` when
+    ``name`` does not name two or more distinct loaded ones."""
+    parts = name.split("+")
+    if len(parts) < 2 or len(set(parts)) < len(parts) or any(p not in retrievers for p in parts):
+        return None
+    from ragserve.retrieval.hybrid import HybridRetriever
+
+    return HybridRetriever([retrievers[p] for p in parts])
