@@ -39,7 +39,7 @@ QUESTIONS = [
 
 
 async def run() -> list[dict]:
-    engine, index = await asyncio.to_thread(load_engine, Settings())
+    engine, index = await asyncio.to_thread(load_engine, Settings.load())
     rows = []
     try:
         await answer_question(engine, QUESTIONS[0], RagOptions(), 256)  # warm the caches

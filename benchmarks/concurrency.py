@@ -125,6 +125,7 @@ def body(prompt: str, max_tokens: int, stream: bool) -> dict[str, Any]:
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": stream,
+        **({"stream_options": {"include_usage": True}} if stream else {}),
         "rag": {"strategy": "none"},
     }
 
@@ -135,7 +136,6 @@ async def one(client: httpx.AsyncClient, url: str, kind: str, prompt: str, max_t
     headers = {}
     if kind == "llama-server":
         payload.pop("rag")
-        payload["stream_options"] = {"include_usage": True}
         # Its HTTP library closes a kept-alive connection after 5 requests, which a pooled
         # client can race: a fresh loopback connection per request costs well under 1 ms.
         headers["Connection"] = "close"

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--retriever", default="bm25")
     ap.add_argument("--sets", default="hotpotqa,nq")
     args = ap.parse_args()
-    settings = Settings()
+    settings = Settings.load()
     generator = create_generator(settings)
     rows: dict[str, dict] = {}
     try:

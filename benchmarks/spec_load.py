@@ -122,7 +122,7 @@ def main() -> None:
     from ragserve.generation.factory import create_generator
     from ragserve.server.app import create_app
 
-    settings = Settings()
+    settings = Settings.load()
     dataset = load_dataset(Path(args.data) if args.data else settings.data_dir / "hotpotqa")
     index = open_eval_index(dataset, settings.index_dir, ["bm25", "dense"])
     generator = create_generator(settings)

@@ -45,7 +45,7 @@ def main() -> None:
     from ragserve.eval.spec import bench, bench_retriever
     from ragserve.generation.factory import create_generator
 
-    settings = Settings()
+    settings = Settings.load()
     dataset = load_dataset(Path(args.data) if args.data else settings.data_dir / "hotpotqa")
     index = open_eval_index(dataset, settings.index_dir, ["bm25", "dense"])
     generator = create_generator(settings)

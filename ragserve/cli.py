@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragserve import __version__
-from ragserve.config import Settings
+from ragserve.config import Settings, load_settings
 from ragserve.errors import RagServeError
 
 if TYPE_CHECKING:
@@ -24,11 +24,14 @@ if TYPE_CHECKING:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings().with_overrides(**vars(args))
+    return load_settings(getattr(args, "config", None), vars(args))[0]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index-dir", help="folder holding index folders (default: ./indexes)")
+    p.add_argument(
+        "--config", help="TOML settings file (default: $RAGSERVE_CONFIG); env and flags override"
+    )
 
 
 def cmd_index_build(args: argparse.Namespace) -> int:
@@ -103,17 +106,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ragserve.indexing import open_manifest
     from ragserve.server.app import create_app
+    from ragserve.server.lifecycle import DrainingServer
 
     settings = _settings(args)
-    open_manifest(settings.index_dir, settings.index)  # fail fast, before uvicorn starts
+    for name in settings.served_indexes():  # fail fast, before uvicorn starts
+        open_manifest(settings.index_dir, name)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=5,
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5
     )
+    server = DrainingServer(config, app, settings.drain_timeout)
+    server.run()
+    return 1 if server.failed else 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from ragserve.config import describe
+
+    settings, sources = load_settings(args.config, vars(args))
+    rows = describe(settings, sources)
+    if args.json:
+        print(json.dumps({n: {"value": v, "source": s} for n, v, s in rows}, indent=2))
+        return 0
+    width = max(len(n) for n, _, _ in rows)
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {value}  ({source})")
     return 0
 
 
@@ -363,7 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--max-iterations", type=int, help="most auto_rag turns a request may ask for (default: 10)"
     )
+    _add_server_flags(s)
     s.set_defaults(func=cmd_serve)
+
+    cfg = sub.add_parser("config", help="inspect the effective settings")
+    csub = cfg.add_subparsers(dest="config_command", required=True)
+    show = csub.add_parser("show", help="every setting, its value and where it came from")
+    add_engine_flags(show)
+    show.add_argument("--host")
+    show.add_argument("--port", type=int)
+    show.add_argument("--max-queued", type=int)
+    _add_server_flags(show)
+    show.add_argument("--json", action="store_true", help="as JSON")
+    show.set_defaults(func=cmd_config_show)
 
     ev = sub.add_parser("eval", help="measure retrieval (and later answers) on evaluation data")
     esub = ev.add_subparsers(dest="eval_command", required=True)
@@ -427,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-tokens", type=int, default=256)
     a.set_defaults(func=cmd_ask)
     return parser
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--indexes", help="more indexes to serve beside --index, comma-separated")
+    p.add_argument("--default-model", help="the preset a request without `model` gets")
+    p.add_argument("--rate-limit", type=int, help="requests per key per --rate-period (no limit)")
+    p.add_argument("--rate-period", type=float, help="seconds (default: 60)")
+    p.add_argument("--request-timeout", type=float, help="seconds a request may run (300)")
+    p.add_argument("--drain-timeout", type=float, help="seconds to finish after SIGTERM (30)")
 
 
 class Terminated(KeyboardInterrupt):

@@ -68,3 +68,39 @@ class OverloadedError(RagServeError):
 
     status_code = 503
     error_type = "overloaded_error"
+
+
+class DrainingError(OverloadedError):
+    """The server is shutting down: in-flight requests finish, new ones go elsewhere."""
+
+
+class AuthenticationError(RagServeError):
+    """No API key, or one this server does not know."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+
+
+class PermissionDeniedError(RagServeError):
+    """A valid key asking for what it may not do (an admin route without the admin key)."""
+
+    status_code = 403
+    error_type = "permission_error"
+
+
+class RateLimitError(RagServeError):
+    """A key (or client) over its request rate; ``retry_after`` says when the next may come."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message, code="rate_limit_exceeded")
+        self.retry_after = retry_after
+
+
+class DeadlineError(RagServeError):
+    """A request ran past the server's deadline and was stopped."""
+
+    status_code = 504
+    error_type = "timeout_error"

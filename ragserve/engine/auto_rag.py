@@ -24,7 +24,14 @@ from ragserve.engine.answer_guard import RepeatGuard
 from ragserve.engine.events import Citation, Event, Finished, Retrieved, Step, TokenText
 from ragserve.engine.prompt import NO_ANSWER
 from ragserve.engine.request import RagRequest
-from ragserve.engine.speculative import Search, SpecStats, Speculator, Stride, verified_states
+from ragserve.engine.speculative import (
+    Search,
+    SpecStats,
+    Speculator,
+    Stride,
+    summary,
+    verified_states,
+)
 from ragserve.generation.base import Generator, Usage
 from ragserve.generation.chat import plain_transcript
 from ragserve.retrieval.base import Hit, Retriever
@@ -230,7 +237,7 @@ class AutoRag:
                     usage = _add(usage, event)
                 else:
                     yield event
-        async for event in self._final(answer or "", usage):
+        async for event in self._final(answer or "", usage, state.iteration):
             yield event
 
     def unread(self, state: AutoRagState, hits: list[Hit]) -> list[Hit]:
@@ -342,11 +349,12 @@ class AutoRag:
             turns.append(("documents", f"{prefix} {doc}".strip()))
         return doc, used
 
-    async def _final(self, answer: str, usage: Usage) -> AsyncIterator[Event]:
+    async def _final(self, answer: str, usage: Usage, iterations: int) -> AsyncIterator[Event]:
         guard = RepeatGuard()
         text = (guard.feed(answer) + guard.flush()).strip()
         yield TokenText(text or NO_ANSWER["auto_rag"])
-        yield Finished("stop", usage)
+        spec = summary(self.stats, self.request.rag.speculative)
+        yield Finished("stop", usage, iterations=iterations, speculation=spec)
 
     async def _room(self, prompt: str) -> int:
         """Tokens left in the context window after ``prompt``."""

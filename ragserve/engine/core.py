@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from ragserve.corpus import DocStore
@@ -17,7 +18,7 @@ from ragserve.engine.answer_guard import RepeatGuard
 from ragserve.engine.auto_rag import AutoRag
 from ragserve.engine.batcher import SearchBatcher
 from ragserve.engine.events import Citation, Event, Finished, TokenText
-from ragserve.engine.prompt import NO_ANSWER, STOP, rag_messages
+from ragserve.engine.prompt import NO_ANSWER, STOP, rag_messages, rag_text
 from ragserve.engine.ralm import ralm
 from ragserve.engine.request import RagOptions, RagRequest
 from ragserve.engine.single import single
@@ -65,6 +66,12 @@ class Engine:
         self.batchers = {name: SearchBatcher(r) for name, r in self.retrievers.items()}
         self.batch_searches = batch_searches
         self._bound: asyncio.AbstractEventLoop | None = None
+        # Told of every search a request makes (retriever, queries, seconds): the server's metrics.
+        self.on_search: Callable[[str, int, float], None] | None = None
+
+    def _searched(self, name: str | None, queries: int, t0: float) -> None:
+        if self.on_search is not None:
+            self.on_search(name or self.default_retriever, queries, time.perf_counter() - t0)
 
     def retriever(self, name: str | None) -> Retriever:
         """A loaded retriever by name; ``a+b+c`` fuses loaded ones (``hybrid``), made once."""
@@ -116,17 +123,29 @@ class Engine:
     def searcher(self, name: str | None) -> Search:
         """Batched search on a retriever, shared by concurrent requests (``engine.batcher``)."""
         retriever = self.retriever(name)
-        if not self.batch_searches:
+        if self.batch_searches:
+            batched = self.batchers[name or self.default_retriever].search
+        else:
 
-            async def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
+            async def batched(queries: Sequence[str], k: int) -> list[list[Hit]]:
                 return await asyncio.to_thread(retriever.search, queries, k)
 
-            return search
-        return self.batchers[name or self.default_retriever].search
+        async def search(queries: Sequence[str], k: int) -> list[list[Hit]]:
+            t0 = time.perf_counter()
+            try:
+                return await batched(queries, k)
+            finally:
+                self._searched(name, len(queries), t0)
+
+        return search
 
     async def retrieve(self, query: str, k: int, retriever: str | None) -> list[Citation]:
         r = self.retriever(retriever)
-        hits = (await asyncio.to_thread(r.search, [query], k))[0]
+        t0 = time.perf_counter()
+        try:
+            hits = (await asyncio.to_thread(r.search, [query], k))[0]
+        finally:
+            self._searched(retriever, 1, t0)
         passages = await asyncio.to_thread(self.docstore.get, [h.doc_id for h in hits])
         return [
             Citation(i + 1, p.id, p.external_id, p.doc_id, p.title, p.text, h.score)
@@ -145,17 +164,20 @@ class Engine:
                 code="context_length_exceeded",
             )
 
-    async def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return await self._count_tokens(self.generator.chat_template(messages))
+    def render(self, request: RagRequest, citations: Sequence[Citation]) -> str:
+        """The prompt over ``citations``: chat-templated, or a text prompt with them before it."""
+        if request.prompt is not None:
+            return rag_text(request.prompt, citations)
+        return self.generator.chat_template(rag_messages(request.messages, citations))
 
     async def fit_passages(
         self, request: RagRequest, citations: list[Citation]
-    ) -> tuple[list[dict[str, str]], list[Citation]]:
+    ) -> tuple[str, list[Citation]]:
         """The prompt with as many of ``citations`` as leave room for ``max_tokens`` of answer."""
         room = self.generator.context_length - request.params.max_tokens
 
         async def fits(n: int) -> bool:
-            return await self._prompt_tokens(rag_messages(request.messages, citations[:n])) <= room
+            return await self._count_tokens(self.render(request, citations[:n])) <= room
 
         n = len(citations)
         if not await fits(n):
@@ -165,7 +187,7 @@ class Engine:
                 lo, hi = (mid, hi) if await fits(mid) else (lo, mid - 1)
             n = lo  # every count above 0 that bisection kept was checked to fit
             if n == 0:
-                bare = await self._prompt_tokens(rag_messages(request.messages, []))
+                bare = await self._count_tokens(self.render(request, []))
                 if bare >= self.generator.context_length:  # the question alone cannot fit
                     raise ContextLengthError(bare, self.generator.context_length)
                 raise InputError(
@@ -175,7 +197,7 @@ class Engine:
                     code="context_length_exceeded",
                 )
             log.info("kept %d of %d passages to fit the context window", n, len(citations))
-        return rag_messages(request.messages, citations[:n]), citations[:n]
+        return self.render(request, citations[:n]), citations[:n]
 
     async def run(self, request: RagRequest) -> AsyncIterator[Event]:
         """The request's strategy, by name, as a stream of events."""
@@ -200,18 +222,22 @@ class Engine:
         elif strategy == "ralm":
             events = ralm(self, request)
         else:
-            events = self.answer(
-                self.generator.chat_template(request.messages), request.params, strategy
-            )
+            prompt = request.prompt
+            if prompt is None:
+                prompt = self.generator.chat_template(request.messages)
+            events = self.answer(prompt, request.params, strategy, plain=request.prompt is not None)
         async for event in events:
             yield event
 
     async def answer(
-        self, prompt: str, params: SamplingParams, strategy: str
+        self, prompt: str, params: SamplingParams, strategy: str, *, plain: bool = False
     ) -> AsyncIterator[TokenText | Finished]:
-        """Generate an answer a user can read: cut at its first repeat, never empty."""
-        params = replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP))))
-        guard = RepeatGuard()
+        """Generate an answer a user can read: cut at its first repeat, never empty.
+        ``plain``: the continuation as the model writes it, stopped only by ``params`` (``none``
+        on a text prompt: what ``/v1/completions`` promises)."""
+        guard = None if plain else RepeatGuard()
+        if guard is not None:
+            params = replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP))))
         emitted, produced = False, 0
         finish, usage = "length", None
         stream = self.generator.generate(prompt, params)
@@ -220,23 +246,27 @@ class Engine:
                 produced += len(chunk.token_ids)
                 if chunk.usage is not None:
                     finish, usage = chunk.finish_reason or finish, chunk.usage
-                text = guard.feed(chunk.text)
-                text = text if emitted else text.lstrip()
+                if guard is None:
+                    text = chunk.text
+                else:
+                    text = guard.feed(chunk.text)
+                    text = text if emitted else text.lstrip()
                 if text:
                     emitted = True
                     yield TokenText(text)
-                if guard.stopped:
+                if guard is not None and guard.stopped:
                     finish = "stop"
                     break
         finally:
             await stream.aclose()
-        tail = guard.flush()
-        tail = tail if emitted else tail.lstrip()
-        if tail:
-            emitted = True
-            yield TokenText(tail)
-        if not emitted:
-            yield TokenText(NO_ANSWER[strategy])
+        if guard is not None:
+            tail = guard.flush()
+            tail = tail if emitted else tail.lstrip()
+            if tail:
+                emitted = True
+                yield TokenText(tail)
+            if not emitted:
+                yield TokenText(NO_ANSWER[strategy])
         if usage is None:  # stopped early: the backend's count never came
             usage = Usage(await self._count_tokens(prompt), produced)
         yield Finished(finish, usage)

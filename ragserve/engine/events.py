@@ -47,9 +47,23 @@ class TokenText:
 
 
 @dataclass(frozen=True)
+class SpecSummary:
+    """What speculation did in one request: steps guessed and kept, and rollbacks."""
+
+    steps: int
+    accepted: int
+    rollbacks: int
+
+
+@dataclass(frozen=True)
 class Finished:
+    """The last event. ``iterations``: model turns an iterative strategy took;
+    ``speculation``: present where the request speculated."""
+
     finish_reason: str
     usage: Usage
+    iterations: int | None = None
+    speculation: SpecSummary | None = None
 
 
 Event = Retrieved | Step | TokenText | Finished

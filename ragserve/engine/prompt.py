@@ -24,20 +24,32 @@ NO_ANSWER = {
 }
 
 
-def rag_messages(
-    messages: Sequence[dict[str, str]], citations: Sequence[Citation], max_words: int = 150
-) -> list[dict[str, str]]:
-    """``messages`` with our system text added and the last user turn carrying the passages."""
+def passage_blocks(citations: Sequence[Citation], max_words: int = 150) -> str:
+    """The numbered passages, each cut to ``max_words`` words."""
     blocks = []
     for c in citations:
         words = c.text.split()
         text = " ".join(words[:max_words]) + (" …" if len(words) > max_words else "")
         blocks.append(f"[{c.index}] {c.title}\n{text}" if c.title else f"[{c.index}] {text}")
+    return "\n\n".join(blocks)
+
+
+def rag_text(prompt: str, citations: Sequence[Citation]) -> str:
+    """A text prompt (``/v1/completions``) continued over the passages: they go before it."""
+    if not citations:
+        return prompt
+    return f"Passages:\n{passage_blocks(citations)}\n\n{prompt}"
+
+
+def rag_messages(
+    messages: Sequence[dict[str, str]], citations: Sequence[Citation], max_words: int = 150
+) -> list[dict[str, str]]:
+    """``messages`` with our system text added and the last user turn carrying the passages."""
+    passages = passage_blocks(citations, max_words)
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
     out = [{"role": "system", "content": SYSTEM}]
     for i, m in enumerate(messages):
         if i == last_user:
-            passages = "\n\n".join(blocks)
             out.append(
                 {
                     "role": "user",

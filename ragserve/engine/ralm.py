@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ragserve.engine.events import Citation, Event, Finished, Retrieved, TokenText
 from ragserve.engine.prompt import NO_ANSWER, STOP
 from ragserve.engine.request import RagRequest
-from ragserve.engine.speculative import Search, SpecStats, Speculator, verified_states
+from ragserve.engine.speculative import Search, SpecStats, Speculator, summary, verified_states
 from ragserve.generation.base import Generator, SamplingParams, Usage
 from ragserve.retrieval.base import Hit, Retriever
 
@@ -180,7 +180,7 @@ async def ralm(engine: Engine, request: RagRequest) -> AsyncIterator[Event]:
     citations = _citations(engine.docstore, final.passages)
     yield Retrieved(request.question, citations)
     usage = Usage(run.prompt_tokens, len(final.generated))
-    yield Finished(final.finish or "length", usage)
+    yield Finished(final.finish or "length", usage, speculation=summary(run.stats, rag.speculative))
 
 
 def _citations(docstore: DocStore, passages: Sequence[int]) -> list[Citation]:

@@ -55,9 +55,17 @@ class RagOptions:
 
 @dataclass(frozen=True)
 class RagRequest:
+    """``prompt``: a text prompt (``/v1/completions``), continued as written instead of through
+    the chat template; ``messages`` then hold it as the one user turn (the question)."""
+
     messages: list[dict[str, str]]
     params: SamplingParams = field(default_factory=SamplingParams)
     rag: RagOptions = field(default_factory=RagOptions)
+    prompt: str | None = None
+
+    @classmethod
+    def text(cls, prompt: str, params: SamplingParams, rag: RagOptions) -> RagRequest:
+        return cls([{"role": "user", "content": prompt}], params, rag, prompt)
 
     def __post_init__(self) -> None:
         if not self.messages:

@@ -15,8 +15,7 @@ if TYPE_CHECKING:
 async def single(engine: Engine, request: RagRequest) -> AsyncIterator[Event]:
     rag = request.rag
     citations = await engine.retrieve(request.question, rag.k, rag.retriever)
-    messages, citations = await engine.fit_passages(request, citations)
+    prompt, citations = await engine.fit_passages(request, citations)
     yield Retrieved(request.question, citations)
-    prompt = engine.generator.chat_template(messages)
     async for event in engine.answer(prompt, request.params, "single"):
         yield event

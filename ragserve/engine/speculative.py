@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ragserve.engine.events import SpecSummary
 from ragserve.retrieval.base import Hit, Retriever
 
 S = TypeVar("S")  # a strategy's state: immutable, so rolling back is keeping an old one
@@ -109,6 +110,13 @@ class SpecStats:
     steps: int = 0
     strides: list[int] = field(default_factory=list)
     verify_seconds: float = 0.0
+
+
+def summary(stats: SpecStats, speculative: bool) -> SpecSummary | None:
+    """The request-level view of ``stats`` (``None`` where the request did not speculate)."""
+    if not speculative:
+        return None
+    return SpecSummary(stats.steps, stats.accepted, stats.rollbacks)
 
 
 @dataclass

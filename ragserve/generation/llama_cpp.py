@@ -153,6 +153,11 @@ class LlamaCppGenerator:
         self._tree: Any = None  # llama_tree.PrefixTree for next_token_topk, made on first use
 
     @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a free sequence: every slot is busy (the server's metrics)."""
+        return len(self._waiters)
+
+    @property
     def step_stats(self):  # type: ignore[no-untyped-def]
         """Steps, tokens and batch widths so far (benchmarks read it)."""
         return self._loop.stats

@@ -7,6 +7,7 @@ its traceback and reaches the client only as a generic 500.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 
 from fastapi import FastAPI, Request
@@ -14,7 +15,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ragserve.errors import OverloadedError, PayloadTooLargeError, RagServeError
+from ragserve.errors import (
+    AuthenticationError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RagServeError,
+    RateLimitError,
+)
 from ragserve.server.protocol import ErrorResponse
 
 log = logging.getLogger("ragserve.server")
@@ -41,8 +48,19 @@ def error_response(
 
 def from_exception(exc: RagServeError, *, close: bool = False) -> JSONResponse:
     close = close or isinstance(exc, PayloadTooLargeError)
+    headers = {}
+    if isinstance(exc, RateLimitError):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = "Bearer"
     return error_response(
-        exc.status_code, exc.message, exc.error_type, exc.param, exc.code, close=close
+        exc.status_code,
+        exc.message,
+        exc.error_type,
+        exc.param,
+        exc.code,
+        headers=headers,
+        close=close,
     )
 
 
