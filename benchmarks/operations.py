@@ -97,9 +97,9 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def pct(xs: list[float], q: float) -> float:
+def pct(xs: list[float], q: float) -> float | None:
     if not xs:
-        return float("nan")
+        return None
     xs = sorted(xs)
     return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
 
@@ -241,7 +241,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {o['clients']} | {retry} | {o['requests']} | {o['statuses']} "
             f"| {o['503_with_retry_after']} | {o['answered_per_s']} "
             f"| {o['latency_200_p50_s']} / {o['latency_200_p99_s']} "
-            f"| {o['latency_503_p50_s']} / {o['latency_503_p99_s']} "
+            f"| {o['latency_503_p50_s'] or '—'} / {o['latency_503_p99_s'] or '—'} "
             f"| {o['rss_before_mib']} / {o['rss_peak_mib']} / {o['rss_after_mib']} "
             f"| {o['in_flight_after']} | {o['health_after_s']} |"
         )

@@ -46,9 +46,9 @@ class RateLimits:
         if len(self.windows) > MAX_TRACKED:
             del self.windows[next(iter(self.windows))]
         window.flush()
-        log = window._task_logs  # the window's timestamps; the package has no public count
-        if len(log) >= self.rate:
-            wait = self.period - (time.monotonic() - log[0])
+        stamps = window._task_logs  # the window's requests; the package has no public count
+        if len(stamps) >= self.rate:
+            wait = self.period - (time.monotonic() - stamps[0])
             raise RateLimitError(
                 f"rate limit reached: {self.rate} requests per {self.period:g} s;"
                 f" retry in {max(wait, 0):.1f} s",

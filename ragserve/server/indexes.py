@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ class Served:
     version: tuple[int, int] | None
     users: int = 0
     retired: bool = False
-    loaded_at: float = field(default_factory=lambda: asyncio.get_running_loop().time())
+    loaded_at: float = field(default_factory=time.time)  # Unix time, as clients read it
 
     def close_if_unused(self) -> None:
         if self.retired and self.users == 0 and self.index is not None:

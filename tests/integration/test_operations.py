@@ -143,9 +143,9 @@ async def _closed_loop(url: str, clients: int, seconds: float, body: dict) -> li
 def test_overload_at_4x_admission_gets_only_200_and_503(server: Served) -> None:
     body = {"model": "ragserve-none", "messages": [{"role": "user", "content": "Say hi."}],
             "max_tokens": 16}  # fmt: skip
-    asyncio.run(_closed_loop(server.url, 2, 2, body))  # warm up
+    asyncio.run(_closed_loop(server.url, 2, 1, body))  # warm up
     before = server.rss_mib()
-    responses = asyncio.run(_closed_loop(server.url, 8, 10, body))  # admission limit is 2
+    responses = asyncio.run(_closed_loop(server.url, 8, 6, body))  # admission limit is 2
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) == {200, 503}, statuses
     assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 503)
@@ -165,7 +165,7 @@ def test_rebuilt_index_is_swapped_in_during_a_closed_loop(server: Served, root: 
 
     async def run() -> tuple[list[tuple[float, int, str]], list[float]]:
         seen: list[tuple[float, int, str]] = []
-        stop = time.monotonic() + 14
+        stop = time.monotonic() + 9
         swaps: list[float] = []
         async with httpx.AsyncClient(timeout=60) as client:
 
@@ -178,7 +178,7 @@ def test_rebuilt_index_is_swapped_in_during_a_closed_loop(server: Served, root: 
                     seen.append((sent, r.status_code, top))
 
             async def rebuild() -> None:
-                await asyncio.sleep(2)
+                await asyncio.sleep(1)
                 await asyncio.to_thread(build, root, "alpha", [*CORPUS, WALRUS])
                 headers = {"Authorization": f"Bearer {ADMIN}"}
                 r = await client.post(f"{server.url}/admin/reload", headers=headers)
@@ -194,7 +194,7 @@ def test_rebuilt_index_is_swapped_in_during_a_closed_loop(server: Served, root: 
         return seen, swaps
 
     seen, (first, second) = asyncio.run(run())
-    assert len(seen) > 50 and {s for _, s, _ in seen} == {200}
+    assert len(seen) > 30 and {s for _, s, _ in seen} == {200}
     during = [top for t, _, top in seen if first < t < second]
     assert during and all(top == "py-walrus" for top in during[: len(during) // 2])
     assert seen[-1][2] != "py-walrus"  # the SIGHUP reload switched back

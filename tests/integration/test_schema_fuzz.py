@@ -22,7 +22,7 @@ def test_openapi_document_survives_schemathesis(live_server: LiveServer, tmp_pat
         [st, "run", f"{live_server.url}/openapi.json", "--no-color",
          "--checks", "not_a_server_error,response_schema_conformance",
          "--max-examples", "6", "--seed", "1", "--request-timeout", "120",
-         "--max-time", "60"],
+         "--max-time", "45"],
         cwd=tmp_path,  # its example database stays out of the tree
         capture_output=True,
         text=True,
