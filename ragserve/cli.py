@@ -295,6 +295,70 @@ def cmd_bench_spec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from ragserve.client import load
+
+    settings = _settings(args)
+    try:
+        rag = json.loads(args.rag) if args.rag else None
+    except ValueError:
+        rag = "bad"
+    if rag is not None and not isinstance(rag, dict):
+        raise RagServeError("--rag must be a JSON object")
+    goodput = load.parse_goodput(args.goodput or [])
+    try:
+        rates = [float(r) for r in args.request_rate.split(",")] if args.request_rate else []
+    except ValueError:
+        raise RagServeError(
+            f"--request-rate {args.request_rate!r}: numbers, comma-separated"
+        ) from None
+    if not rates and args.concurrency is None:
+        raise RagServeError("give --request-rate R (open loop) or --concurrency C (closed loop)")
+    prompts, bad = load.load_prompts(args.dataset, Path(settings.data_dir), args.num_requests)
+    for line in bad:
+        print(f"error: {line} (skipped)", file=sys.stderr)
+    prompts = (prompts * (args.num_requests // len(prompts) + 1))[: args.num_requests]
+    try:
+        asyncio.run(load.check_endpoint(args.url, args.api_key))
+    except RagServeError as e:
+        if args.json:
+            load.write(Path(args.json), {"error": e.message, "url": args.url, "bad_lines": bad})
+        raise
+    runs = []
+    for rate in rates or [float("inf")]:
+        outcomes, duration = asyncio.run(
+            load.run(
+                args.url, prompts, model=args.model, max_tokens=args.max_tokens, rag=rag,
+                request_rate=rate, burstiness=args.burstiness, concurrency=args.concurrency,
+                seed=args.seed, api_key=args.api_key, progress=not args.quiet,
+                endpoint=args.endpoint, ignore_eos=args.ignore_eos,
+            )
+        )  # fmt: skip
+        res = load.summarize(outcomes, duration, goodput)
+        res.update(
+            request_rate=rate, burstiness=args.burstiness, max_concurrency=args.concurrency,
+            num_prompts=len(prompts), dataset=args.dataset, url=args.url, model=args.model,
+            rag=rag, max_tokens=args.max_tokens, bad_lines=bad,
+        )  # fmt: skip
+        runs.append(res)
+        print(f"request rate {rate:g}:" if len(runs) > 1 or len(rates) > 1 else "results:")
+        for line in load.summary_lines(res):
+            print(f"  {line}")
+    if args.json:
+        load.write(Path(args.json), runs[0] if len(runs) == 1 else {"runs": runs})
+        print(f"wrote {args.json}")
+    if len(runs) > 1 and args.plot:
+        from ragserve.client.plots import sweep_plots
+
+        for path in sweep_plots(runs, Path(args.plot)):
+            print(f"wrote {path}")
+    failed = sum(r["failed"] for r in runs)
+    if failed:
+        first = next(e for r in runs for e in r["errors"] if e)
+        print(f"error: {failed} requests failed; the first: {first}", file=sys.stderr)
+    return 1 if failed or bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ragserve {__version__}")
@@ -441,6 +505,28 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
     _add_common(bs)
     bs.set_defaults(func=cmd_bench_spec)
+
+    bv = bsub.add_parser("serve", help="load-test any OpenAI-compatible endpoint")
+    bv.add_argument("--url", required=True, help="server root, e.g. http://127.0.0.1:8000")
+    bv.add_argument("--dataset", default="hotpotqa", help="hotpotqa, nq, or a JSONL file")
+    bv.add_argument("--num-requests", type=int, default=100)
+    bv.add_argument("--request-rate", help="requests/s, or a sweep 1,2,4,8 (default: inf)")
+    bv.add_argument("--burstiness", type=float, default=1.0, help="gamma shape; 1 = Poisson")
+    bv.add_argument("--concurrency", type=int, help="at most C in flight (closed loop alone)")
+    bv.add_argument("--model", help="model id to send (default: the server's)")
+    bv.add_argument("--rag", help='the rag object as JSON, e.g. \'{"strategy": "auto_rag"}\'')
+    bv.add_argument("--max-tokens", type=int, default=64)
+    bv.add_argument("--endpoint", choices=["chat", "completions"], default="chat",
+                    help="/v1/chat/completions (default) or /v1/completions")  # fmt: skip
+    bv.add_argument("--ignore-eos", action="store_true", help="generate on to --max-tokens")
+    bv.add_argument("--goodput", nargs="*", help="SLOs as ttft:MS e2el:MS tpot:MS")
+    bv.add_argument("--api-key", help="bearer key")
+    bv.add_argument("--seed", type=int, default=0)
+    bv.add_argument("--json", help="write the results as JSON")
+    bv.add_argument("--plot", help="folder for sweep plots (PNG)")
+    bv.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_common(bv)
+    bv.set_defaults(func=cmd_bench_serve)
 
     a = sub.add_parser("ask", help="answer one question on the command line")
     add_engine_flags(a)

@@ -143,6 +143,9 @@ class SamplingRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: Int | None = Field(None, ge=-INT64, le=INT64 - 1)
     n: Int = Field(1, ge=1, le=1)
+    ignore_eos: bool = Field(
+        False, description="generate on to max_tokens past the end (vLLM's and llama.cpp's)"
+    )
     rag: RagParams = Field(default_factory=RagParams)
 
     @field_validator("stop", mode="before")

@@ -114,4 +114,5 @@ def sampling(body: SamplingRequest, state: ServerState, asked: int | None) -> Sa
         stop=tuple(body.stop or ()),
         seed=body.seed,
         fit_context=asked is None,
+        ignore_eos=body.ignore_eos,
     )
