@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.concurrency import pct
+from benchmarks.spec_load import free_port
+
 SERVER = r"""
 import asyncio, json, sys
 base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m"}
@@ -71,12 +74,6 @@ asyncio.run(main())
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def reference(port: int, times: list[float]) -> list[float]:
     """End-to-end latency per request with the least a client can do: one connection per
     request, the request bytes, the response read to its last byte, nothing parsed."""
@@ -104,8 +101,7 @@ async def reference(port: int, times: list[float]) -> list[float]:
 
 
 def ms(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 3)
+    return round(1000 * pct(xs, q), 3)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ from typing import Any
 
 import httpx
 
+from benchmarks.concurrency import pct as percentile
+from benchmarks.spec_load import free_port
+
 RAGSERVE = str(Path(sys.executable).parent / "ragserve")
 ADMIN = "bench-admin-key-0001"
 # A document the demo corpus lacks: which build answers is read from whether it is retrieved.
@@ -40,12 +42,6 @@ PROBE = {"id": "probe-walrus", "title": "assignment expressions (probe)",
          "text": "The walrus operator := assigns a value to a name inside a larger expression, "
                  "as in while (chunk := f.read(4096)): process(chunk)."}  # fmt: skip
 QUESTION = "What does the walrus operator := do?"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build(root: Path, name: str, with_probe: bool) -> float:
@@ -98,10 +94,8 @@ def rss_mib(pid: int) -> float:
 
 
 def pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))], 3)
+    """``concurrency.pct``, rounded; ``None`` (JSON null) where there is nothing to rank."""
+    return round(percentile(xs, q), 3) if xs else None
 
 
 BODY = {"model": "ragserve", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 32}

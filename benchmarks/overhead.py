@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.concurrency import TOPICS, start, wait_ready
-from benchmarks.operations import free_port
+from benchmarks.spec_load import free_port
 
 LEVELS = (1, 4, 8)
 RETRIEVERS = ("bm25", "dense", "hybrid", "fmindex", "seal")
