@@ -40,7 +40,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     from ragserve.indexing import build_from_file, build_index, documents_checksum, list_indexes
 
     settings = _settings(args)
-    retrievers = [r.strip() for r in args.retrievers.split(",") if r.strip()]
+    chosen = args.retrievers or ("bm25,dense" if args.shards > 1 else "bm25,dense,fmindex")
+    retrievers = [r.strip() for r in chosen.split(",") if r.strip()]
     chunking = ChunkingConfig(max_words=args.chunk_words, overlap=args.chunk_overlap)
     if args.demo == bool(args.corpus):
         raise RagServeError("give exactly one of --corpus FILE or --demo")
@@ -56,6 +57,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         "chunking": chunking,
         "progress": not args.quiet,
         "retriever_options": options,
+        "shards": args.shards,
     }
     if args.demo:
         docs = demo_documents()
@@ -67,6 +69,7 @@ def cmd_index_build(args: argparse.Namespace) -> int:
         f"built index {name!r}: {manifest.corpus['documents']} documents,"
         f" {manifest.corpus['passages']} passages, retrievers {', '.join(manifest.retrievers)}"
         f" in {manifest.build['seconds']:.1f}s → {settings.index_dir / name}"
+        + (f" ({args.shards} shards)" if args.shards > 1 else "")
     )
     return 0
 
@@ -372,8 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--name", help="index name (default for --demo: python-docs)")
     b.add_argument(
         "--retrievers",
-        default="bm25,dense,fmindex",
-        help="comma-separated subset of bm25,dense,fmindex (default: all three)",
+        help="comma-separated subset of bm25,dense,fmindex (default: all three; bm25,dense"
+        " with --shards)",
+    )
+    b.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split bm25 and dense by passage range into N shard folders (serve with --ray)",
     )
     b.add_argument(
         "--dense-factory",
@@ -552,6 +561,18 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate-period", type=float, help="seconds (default: 60)")
     p.add_argument("--request-timeout", type=float, help="seconds a request may run (300)")
     p.add_argument("--drain-timeout", type=float, help="seconds to finish after SIGTERM (30)")
+    p.add_argument(
+        "--ray",
+        "--ray-address",
+        dest="ray_address",
+        metavar="ADDRESS",
+        help="run the shards of sharded indexes on this Ray cluster (local: start one)",
+    )
+    p.add_argument("--shard-replicas", type=int, help="Ray Serve replicas per shard (1)")
+    p.add_argument("--shard-cpus", type=float, help="CPUs each shard replica reserves (1)")
+    p.add_argument("--shard-timeout", type=float, help="seconds before a shard counts as down (10)")
+    p.add_argument("--shard-failure", choices=["error", "partial"],
+                   help="a shard down: error (503, default) or partial results")  # fmt: skip
 
 
 class Terminated(KeyboardInterrupt):

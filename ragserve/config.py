@@ -85,6 +85,12 @@ class Settings:
     rate_period: float = 60.0
     request_timeout: float = 300.0  # seconds a request may run: 504, or an SSE error event
     drain_timeout: float = 30.0  # seconds in-flight requests get to finish after SIGTERM
+    # Sharded indexes: their shards run on this Ray cluster ("local": start one), else in-process.
+    ray_address: str | None = None
+    shard_replicas: int = 1  # Ray Serve replicas per shard
+    shard_cpus: float = 1.0  # CPUs each replica reserves on the Ray cluster
+    shard_timeout: float = 10.0  # seconds a shard may take before it counts as down
+    shard_failure: str = "error"  # a shard down: "error" (503), or "partial" results and a warning
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """Apply flag values that were given (``None`` means "not given")."""
@@ -258,7 +264,13 @@ def _check(s: Settings, sources: Mapping[str, str]) -> list[str]:
         bad("n_threads", "must be at least 1")
     if s.rate_limit is not None and s.rate_limit < 1:
         bad("rate_limit", "must be at least 1 (leave it out for no limit)")
-    for name in ("rate_period", "request_timeout", "drain_timeout"):
+    if s.shard_replicas < 1:
+        bad("shard_replicas", "must be at least 1")
+    if s.shard_cpus < 0:
+        bad("shard_cpus", "must not be negative")
+    if s.shard_failure not in ("error", "partial"):
+        bad("shard_failure", f"unknown mode {s.shard_failure!r}; use error or partial")
+    for name in ("rate_period", "request_timeout", "drain_timeout", "shard_timeout"):
         if not getattr(s, name) > 0:
             bad(name, "must be a positive number of seconds")
     if s.generator not in ("llama_cpp", "openai", "vllm"):

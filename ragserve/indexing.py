@@ -29,6 +29,14 @@ from ragserve.corpus.manifest import checksum_tree, sha256_file
 from ragserve.errors import InputError, NotFoundError
 from ragserve.retrieval.base import Retriever
 from ragserve.retrieval.registry import DEFAULT_RETRIEVERS, kind
+from ragserve.retrieval.shards import (
+    ShardInfo,
+    ShardOptions,
+    load_sharded,
+    read_map,
+    split,
+    write_map,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _LIBRARIES = (
@@ -84,13 +92,26 @@ def build_index(
     chunking: ChunkingConfig | None = None,
     retriever_options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
+    shards: int = 1,
 ) -> Manifest:
-    """Chunk ``documents``, write the docstore and every retriever, then swap the folder in."""
+    """Chunk ``documents``, write the docstore and every retriever, then swap the folder in.
+
+    ``shards > 1`` splits the retrievers by passage range into ``shard-NN`` folders, each with
+    its own manifest, plus a shard map; the docstore stays whole, in front.
+    """
     check_name(name)
     chunking = chunking or ChunkingConfig()
     kinds = [kind(r) for r in dict.fromkeys(retrievers)]
     if not kinds:
         raise InputError("at least one retriever is needed")
+    if shards < 1:
+        raise InputError(f"shards must be at least 1, got {shards}")
+    unshardable = [k.name for k in kinds if shards > 1 and k.build_shards is None]
+    if unshardable:
+        raise InputError(
+            f"the {', '.join(unshardable)} retriever cannot be sharded (its scores need"
+            " corpus-wide n-gram counts); build the shards with --retrievers bm25,dense"
+        )
     options = _with_default_tokenizer(retriever_options or {}, [k.name for k in kinds])
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -110,16 +131,27 @@ def build_index(
         texts = [p.full_text for p in passages]
         params: dict[str, dict[str, Any]] = {}
         timings: dict[str, float] = {}
+        ranges = split(n, shards) if shards > 1 else []
+        folders = [f"shard-{i:02d}" for i in range(len(ranges))]
         for k in kinds:
             t0 = time.perf_counter()
-            params[k.name] = k.build(tmp / k.name, texts, dict(options.get(k.name, {})), progress)
+            opts = dict(options.get(k.name, {}))
+            if ranges and k.build_shards is not None:
+                parts = [tmp / f / k.name for f in folders]
+                params[k.name] = k.build_shards(parts, texts, opts, progress, ranges)
+            else:
+                params[k.name] = k.build(tmp / k.name, texts, opts, progress)
             timings[k.name] = round(time.perf_counter() - t0, 3)
+        if ranges:
+            infos = [ShardInfo(f, r.start, len(r)) for f, r in zip(folders, ranges, strict=True)]
+            _write_shard_manifests(tmp, name, infos, params)
         manifest = Manifest(
             name=name,
             corpus={
                 **source,
                 "documents": len(docs),
                 "passages": n,
+                **({"shards": len(ranges)} if ranges else {}),
                 "chunking": {"max_words": chunking.max_words, "overlap": chunking.overlap},
             },
             retrievers=params,
@@ -139,6 +171,20 @@ def build_index(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _write_shard_manifests(
+    folder: Path, name: str, shards: Sequence[ShardInfo], params: dict[str, dict[str, Any]]
+) -> None:
+    for s in shards:
+        m = Manifest(
+            name=f"{name}.{s.folder}",
+            corpus={"passages": s.passages, "offset": s.offset},
+            retrievers=params,
+        )
+        m.files = checksum_tree(folder / s.folder)
+        m.save(folder / s.folder)
+    write_map(folder, shards, list(params))
 
 
 def _with_default_tokenizer(
@@ -241,11 +287,13 @@ def load_index(
     name: str,
     retrievers: Sequence[str] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
+    shards: ShardOptions | None = None,
 ) -> LoadedIndex:
     """Open an index; ``retrievers=None`` loads every retriever the index has.
 
     ``options`` per retriever carry what it needs from outside retrieval, such as the loaded
     generator as the FM-index's tokenizer (checked against the one the index was built with).
+    ``shards`` says how a sharded index's shards are reached (default: loaded in this process).
     """
     path, manifest = open_manifest(root, name)
     wanted = list(manifest.retrievers) if retrievers is None else list(retrievers)
@@ -256,7 +304,13 @@ def load_index(
             f" (it has: {', '.join(manifest.retrievers)})"
         )
     opts = _with_default_tokenizer(options or {}, wanted)
-    loaded = {r: kind(r).load(path / r, manifest.retrievers[r], opts.get(r, {})) for r in wanted}
+    shard_map = read_map(path)
+    if shard_map is not None:
+        how = shards or ShardOptions()
+        loaded = dict(load_sharded(path, shard_map, manifest.retrievers, wanted, opts, how))
+    else:
+        params = manifest.retrievers
+        loaded = {r: kind(r).load(path / r, params[r], opts.get(r, {})) for r in wanted}
     return LoadedIndex(path, manifest, DocStore(path / "docstore.sqlite"), loaded)
 
 

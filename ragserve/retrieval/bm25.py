@@ -92,6 +92,17 @@ class BM25Retriever:
         r.params = dict(params)
         return r
 
+    def split(self, ranges: Sequence[range]) -> list[BM25Retriever]:
+        """Shards by passage range with the whole corpus's weights (idf and average length are
+        global), so a shard scores a passage exactly as the unsharded index does."""
+        parts = []
+        for r in ranges:
+            part = BM25Retriever(self._weights[:, r.start : r.stop].tocsr(), self._vocab,
+                                 self._tokenize)  # fmt: skip
+            part.params = dict(self.params)
+            parts.append(part)
+        return parts
+
     def _term_ids(self, query: str) -> list[int]:
         return [self._vocab[t] for t in self._tokenize(query) if t in self._vocab]
 

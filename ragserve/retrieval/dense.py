@@ -46,28 +46,63 @@ def _tune(index, factory: str) -> None:  # type: ignore[no-untyped-def]
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", NPROBE)
 
 
-class DenseRetriever:
-    """Thread-safe: faiss searches and ONNX Runtime sessions may run concurrently."""
+class VectorSearch:
+    """The encoder-free half of dense retrieval: a faiss index over stored vectors, ranked by
+    the exact inner product. A shard runs only this; whoever holds the encoder sends vectors."""
 
-    name = "dense"
-
-    def __init__(self, index, vectors: np.ndarray, encoder: Encoder, factory: str):  # type: ignore[no-untyped-def]
-        self._index = index
-        self._vectors = vectors
-        self._encoder = encoder
-        # Speculation encodes a query to rank its cache, then again to verify it: once is enough.
-        # The one cache of encoded queries, whatever the encoder.
-        self._encode_query = functools.lru_cache(maxsize=4096)(encoder.encode_query)
+    def __init__(self, index, vectors: np.ndarray, factory: str):  # type: ignore[no-untyped-def]
+        self.index = index
+        self.vectors = vectors
         self.factory = factory
         self._exact = factory == "Flat"
         _tune(index, factory)
 
     def __len__(self) -> int:
-        return len(self._vectors)
+        return len(self.vectors)
+
+    @classmethod
+    def load(cls, folder: Path, params: dict[str, Any]) -> VectorSearch:
+        import faiss
+
+        vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+        return cls(faiss.read_index(str(folder / "index.faiss")), vectors, params["factory"])
+
+    def scores(self, qvec: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """float64 row-wise products: the same value for a pair whatever else is scored with it."""
+        return (self.vectors[ids].astype(np.float64) * qvec.astype(np.float64)).sum(axis=1)
+
+    def search(self, qvecs: np.ndarray, k: int) -> list[list[Hit]]:
+        # Exact search fetches a few extra so float32 near-ties cannot hide a true top-k passage.
+        fetch = min(len(self), k + 8 if self._exact else k)
+        _, cand = self.index.search(qvecs, fetch)
+        out = []
+        for qvec, row in zip(qvecs, cand, strict=True):
+            ids = row[row >= 0]
+            scores = self.scores(qvec, ids)
+            order = np.lexsort((ids, -scores))[:k]
+            out.append([Hit(int(ids[i]), float(scores[i])) for i in order])
+        return out
+
+
+class DenseRetriever:
+    """Thread-safe: faiss searches and ONNX Runtime sessions may run concurrently."""
+
+    name = "dense"
+
+    def __init__(self, vectors: VectorSearch, encoder: Encoder):
+        self._search = vectors
+        self._encoder = encoder
+        # Speculation encodes a query to rank its cache, then again to verify it: once is enough.
+        # The one cache of encoded queries, whatever the encoder.
+        self.encode_query = functools.lru_cache(maxsize=4096)(encoder.encode_query)
+        self.factory = vectors.factory
+
+    def __len__(self) -> int:
+        return len(self._search)
 
     def clear_query_cache(self) -> None:
         """Forget encoded queries, so that a benchmark run pays for encoding as a new one would."""
-        self._encode_query.cache_clear()
+        self.encode_query.cache_clear()
 
     @classmethod
     def fit(
@@ -82,14 +117,14 @@ class DenseRetriever:
     ) -> DenseRetriever:
         encoder = encoder or load_encoder(precision)
         vectors = encoder.encode(texts, batch_size=batch_size, progress=show_progress)
-        return cls(make_faiss_index(vectors, factory), vectors, encoder, factory)
+        return cls(VectorSearch(make_faiss_index(vectors, factory), vectors, factory), encoder)
 
     def save(self, folder: Path) -> dict[str, Any]:
         import faiss
 
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / "vectors.npy", self._vectors)
-        faiss.write_index(self._index, str(folder / "index.faiss"))
+        np.save(folder / "vectors.npy", self._search.vectors)
+        faiss.write_index(self._search.index, str(folder / "index.faiss"))
         return {
             **self._encoder.identity(),
             "factory": self.factory,
@@ -102,47 +137,44 @@ class DenseRetriever:
     def load(
         cls, folder: Path, params: dict[str, Any], encoder: Encoder | None = None
     ) -> DenseRetriever:
-        import faiss
-
-        encoder = encoder or load_encoder(params.get("precision"))
-        check_identity(
-            "dense index encoder",
-            params,
-            encoder.identity(),
-            ("encoder", "precision", "dim"),
-            "rebuild the index or load that encoder",
-        )
-        vectors = np.load(folder / "vectors.npy", mmap_mode="r")
-        return cls(
-            faiss.read_index(str(folder / "index.faiss")), vectors, encoder, params["factory"]
-        )
+        return cls(VectorSearch.load(folder, params), checked_encoder(params, encoder))
 
     def with_factory(self, factory: str) -> DenseRetriever:
         """The same vectors under another faiss index (no re-encoding)."""
-        vectors = np.ascontiguousarray(self._vectors, dtype=np.float32)
-        return DenseRetriever(make_faiss_index(vectors, factory), vectors, self._encoder, factory)
+        vectors = np.ascontiguousarray(self._search.vectors, dtype=np.float32)
+        return DenseRetriever(
+            VectorSearch(make_faiss_index(vectors, factory), vectors, factory), self._encoder
+        )
 
-    def _exact_scores(self, qvec: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        # float64 row-wise products: the same value for a pair whatever else is scored with it.
-        return (self._vectors[ids].astype(np.float64) * qvec.astype(np.float64)).sum(axis=1)
+    def split(self, ranges: Sequence[range], factory: str) -> list[DenseRetriever]:
+        """Shards by passage range, each its own ``factory`` index over its slice of vectors."""
+        out = []
+        for r in ranges:
+            vectors = np.ascontiguousarray(self._search.vectors[r.start : r.stop], np.float32)
+            index = make_faiss_index(vectors, factory)
+            out.append(DenseRetriever(VectorSearch(index, vectors, factory), self._encoder))
+        return out
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
         k = check_queries(queries, k, len(self))
         if not queries:
             return []
-        qvecs = np.stack([self._encode_query(q) for q in queries])
-        # Exact search fetches a few extra so float32 near-ties cannot hide a true top-k passage.
-        fetch = min(len(self), k + 8 if self._exact else k)
-        _, cand = self._index.search(qvecs, fetch)
-        out = []
-        for qvec, row in zip(qvecs, cand, strict=True):
-            ids = row[row >= 0]
-            scores = self._exact_scores(qvec, ids)
-            order = np.lexsort((ids, -scores))[:k]
-            out.append([Hit(int(ids[i]), float(scores[i])) for i in order])
-        return out
+        return self._search.search(np.stack([self.encode_query(q) for q in queries]), k)
 
     def score(self, query: str, doc_ids: Sequence[int]) -> list[float]:
         check_queries([query], 1, len(self))
         ids = np.asarray(check_doc_ids(doc_ids, len(self)), dtype=np.int64)
-        return [float(s) for s in self._exact_scores(self._encode_query(query), ids)]
+        return [float(s) for s in self._search.scores(self.encode_query(query), ids)]
+
+
+def checked_encoder(params: dict[str, Any], encoder: Encoder | None = None) -> Encoder:
+    """The encoder an index was built with (loaded when not given), refusing another one."""
+    encoder = encoder or load_encoder(params.get("precision"))
+    check_identity(
+        "dense index encoder",
+        params,
+        encoder.identity(),
+        ("encoder", "precision", "dim"),
+        "rebuild the index or load that encoder",
+    )
+    return encoder

@@ -18,6 +18,8 @@ from ragserve.retrieval.base import Retriever
 Options = dict[str, Any]
 Builder = Callable[[Path, Sequence[str], Options, bool], dict[str, Any]]
 Loader = Callable[[Path, dict[str, Any], Options], Retriever]
+# (one folder per shard, all texts, options, progress, each shard's passage range) -> params
+ShardBuilder = Callable[[Sequence[Path], Sequence[str], Options, bool, Sequence[range]], dict]
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class RetrieverKind:
     name: str
     build: Builder
     load: Loader
+    build_shards: ShardBuilder | None = None  # None: the retriever cannot be sharded
 
 
 def _build_bm25(folder: Path, texts: Sequence[str], opts: Options, progress: bool) -> dict:
@@ -37,6 +40,28 @@ def _load_bm25(folder: Path, params: dict[str, Any], opts: Options) -> Retriever
     from ragserve.retrieval.bm25 import BM25Retriever
 
     return BM25Retriever.load(folder, params)
+
+
+def _build_bm25_shards(
+    folders: Sequence[Path], texts: Sequence[str], opts: Options, progress: bool,
+    ranges: Sequence[range],
+) -> dict:  # fmt: skip
+    from ragserve.retrieval.bm25 import BM25Retriever
+
+    full = BM25Retriever.fit(texts, show_progress=progress, **opts)
+    return [part.save(f) for f, part in zip(folders, full.split(ranges), strict=True)][-1]
+
+
+def _build_dense_shards(
+    folders: Sequence[Path], texts: Sequence[str], opts: Options, progress: bool,
+    ranges: Sequence[range],
+) -> dict:  # fmt: skip
+    from ragserve.retrieval.dense import DEFAULT_FACTORY, DenseRetriever
+
+    factory = opts.pop("factory", DEFAULT_FACTORY)
+    full = DenseRetriever.fit(texts, factory="Flat", show_progress=progress, **opts)
+    parts = full.split(ranges, factory)
+    return [part.save(f) for f, part in zip(folders, parts, strict=True)][-1]
 
 
 def _build_dense(folder: Path, texts: Sequence[str], opts: Options, progress: bool) -> dict:
@@ -70,8 +95,8 @@ def _load_fmindex(folder: Path, params: dict[str, Any], opts: Options) -> Retrie
 
 
 KINDS: dict[str, RetrieverKind] = {
-    "bm25": RetrieverKind("bm25", _build_bm25, _load_bm25),
-    "dense": RetrieverKind("dense", _build_dense, _load_dense),
+    "bm25": RetrieverKind("bm25", _build_bm25, _load_bm25, _build_bm25_shards),
+    "dense": RetrieverKind("dense", _build_dense, _load_dense, _build_dense_shards),
     "fmindex": RetrieverKind("fmindex", _build_fmindex, _load_fmindex),
 }
 DEFAULT_RETRIEVERS: tuple[str, ...] = ("bm25", "dense", "fmindex")

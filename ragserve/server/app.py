@@ -22,6 +22,7 @@ from ragserve.generation.base import Generator
 from ragserve.generation.factory import create_generator
 from ragserve.indexing import LoadedIndex, load_index, open_manifest
 from ragserve.retrieval.registry import with_hybrid
+from ragserve.retrieval.shards import ShardOptions, open_local
 from ragserve.server import errors
 from ragserve.server.auth import RateLimits
 from ragserve.server.indexes import IndexSet
@@ -35,16 +36,28 @@ from ragserve.server.state import ServerState
 log = logging.getLogger("ragserve.server")
 
 
+def shard_options(settings: Settings) -> ShardOptions:
+    """How sharded indexes are reached: Ray Serve with ``--ray``, else loaded in-process."""
+    if settings.ray_address:
+        from ragserve.retrieval.ray_shards import connector
+
+        connect = connector(settings.ray_address, settings.shard_replicas, settings.shard_cpus)
+    else:
+        connect = open_local
+    return ShardOptions(connect, settings.shard_timeout, settings.shard_failure)
+
+
 def open_engine(settings: Settings, generator: Generator, name: str) -> tuple[Engine, LoadedIndex]:
     """Open one index for ``generator`` (blocking: seconds for a large index)."""
     options = {"fmindex": {"tokenizer": generator}}
+    shards = shard_options(settings)
     try:
-        index = load_index(settings.index_dir, name, options=options)
+        index = load_index(settings.index_dir, name, options=options, shards=shards)
     except IndexMismatchError as e:
         # The FM-index speaks another model's tokens: serve everything else, say why.
         log.warning("index %s: not loading the FM-index: %s", name, e.message)
         names = [r for r in open_manifest(settings.index_dir, name)[1].retrievers if r != "fmindex"]
-        index = load_index(settings.index_dir, name, names, options)
+        index = load_index(settings.index_dir, name, names, options, shards)
     retrievers = with_seal(with_hybrid(index.retrievers), generator)
     default = settings.retriever if name == settings.index else None
     engine = Engine(retrievers, index.docstore, generator, default)

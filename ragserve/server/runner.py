@@ -149,7 +149,13 @@ async def run(
     events = served.engine.run(rag_request).__aiter__()
     clock = TokenClock(state.metrics, reply.route, strategy)
 
+    released = False
+
     async def done() -> None:
+        nonlocal released
+        if released:  # a stream's body and its response both make sure
+            return
+        released = True
         try:
             await events.aclose()
         finally:
@@ -161,8 +167,9 @@ async def run(
         if reply.stream:
             head = await cancel_on_disconnect(request, deadline.within(_head(events)))
             body = _sse(head, events, reply, wire, state, clock, deadline, done)
-            response = StreamingResponse(
+            response = ReleasingStream(
                 body,
+                done,
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -176,6 +183,25 @@ async def run(
     finally:
         if not handed_over:
             await done()
+
+
+class ReleasingStream(StreamingResponse):
+    """A stream that releases its request's admission and index lease however it ends: a body
+    that never started (the client left before the first byte) runs no ``finally`` of its own."""
+
+    def __init__(self, body: AsyncIterator[str], release: Callable[[], Awaitable[None]],
+                 **kwargs: Any):  # fmt: skip
+        super().__init__(body, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            finally:
+                await self._release()
 
 
 async def _head(events: AsyncIterator[Event]) -> list[Event]:

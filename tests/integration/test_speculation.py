@@ -19,7 +19,7 @@ from ragserve.generation.base import SamplingParams
 from ragserve.indexing import load_index
 from tests.conftest import LiveServer
 
-N_QUESTIONS = 50
+N_QUESTIONS = 24
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def questions(engine: Engine) -> list[str]:
 def test_speculation_gives_the_same_tokens(engine: Engine, retriever: str) -> None:
     qs = questions(engine)
     assert len(qs) == N_QUESTIONS
-    # Shorter than the method's 128 tokens over 256-token passages, so that 2 x 50 requests per
+    # Shorter than the method's 128 tokens over 256-token passages, so that 2 x 24 requests per
     # retriever fit a test run; the chain still has 3 retrievals, 2 of them guessed.
     params = SamplingParams(max_tokens=12)
 
@@ -73,8 +73,9 @@ def test_speculation_gives_the_same_tokens(engine: Engine, retriever: str) -> No
 
 def test_auto_rag_speculation_gives_the_same_turns_and_answer(engine: Engine) -> None:
     # Three turns: the first query's search is real, the refined ones are guessed (stride 2).
-    # Plain and speculative runs go side by side: outputs are batch-invariant.
-    qs = questions(engine)[:2]
+    # Plain and speculative runs go side by side: outputs are batch-invariant. Questions from
+    # across the corpus: whether the model refines its query on a given one varies by CPU.
+    qs = questions(engine)[::3][:3]
 
     async def one(q: str, variant: str | None) -> tuple[Any, Any]:
         return await auto_rag_output(engine.generator, engine.retriever("bm25"), engine.docstore,

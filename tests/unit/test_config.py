@@ -102,3 +102,18 @@ def test_config_show_prints_values_and_sources(
     assert out["n_ctx"].endswith(f"({config})")
     assert main(["config", "show", "--config", str(tmp_path / "nope.toml")]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_shard_settings_are_checked() -> None:
+    env = {"RAGSERVE_SHARD_FAILURE": "ignore", "RAGSERVE_SHARD_REPLICAS": "0"}
+    with pytest.raises(InputError) as e:
+        load_settings(None, {"shard_timeout": -1.0}, env)
+    text = e.value.message
+    assert (
+        "RAGSERVE_SHARD_FAILURE" in text and "unknown mode 'ignore'; use error or partial" in text
+    )
+    assert "shard_replicas: must be at least 1" in text
+    assert "shard_timeout: must be a positive number of seconds" in text
+    settings, sources = load_settings(None, {"ray_address": "auto"}, {"RAGSERVE_SHARD_CPUS": "0.5"})
+    assert (settings.ray_address, settings.shard_cpus) == ("auto", 0.5)
+    assert sources["ray_address"] == "--ray-address"  # also spelt --ray
