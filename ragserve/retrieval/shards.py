@@ -16,6 +16,7 @@ import heapq
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -184,13 +185,17 @@ class ShardedRetriever:
         """Each call's result, or ``None`` where its shard failed (when ``partial``)."""
         out: list[Any] = []
         failed = []
+        deadline = time.monotonic() + self.timeout  # one bound for the whole fan-out
         for shard, pending in calls:
             try:
-                out.append(pending.result(self.timeout))
+                out.append(pending.result(max(0.0, deadline - time.monotonic())))
             except RagServeError:
                 raise
             except Exception as e:  # timeout, dead replica, lost connection: the shard is down
-                failed.append(f"{shard.info.folder}: {type(e).__name__}: {e}".splitlines()[0])
+                log.warning("shard %s of %s: %s", shard.info.folder, self.name, repr(e)[:500])
+                timed_out = isinstance(e, TimeoutError)
+                why = f"no answer within {self.timeout:g} s" if timed_out else type(e).__name__
+                failed.append(f"{shard.info.folder}: {why}")
                 out.append(None)
         if failed:
             what = f"{len(failed)} of {len(self.shards)} {self.name} shards did not answer"
