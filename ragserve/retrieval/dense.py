@@ -71,6 +71,9 @@ class VectorSearch:
         """float64 row-wise products: the same value for a pair whatever else is scored with it."""
         return (self.vectors[ids].astype(np.float64) * qvec.astype(np.float64)).sum(axis=1)
 
+    def score(self, qvec: np.ndarray, doc_ids: Sequence[int]) -> list[float]:
+        return [float(x) for x in self.scores(qvec, np.asarray(doc_ids, dtype=np.int64))]
+
     def search(self, qvecs: np.ndarray, k: int) -> list[list[Hit]]:
         # Exact search fetches a few extra so float32 near-ties cannot hide a true top-k passage.
         fetch = min(len(self), k + 8 if self._exact else k)
@@ -146,13 +149,26 @@ class DenseRetriever:
             VectorSearch(make_faiss_index(vectors, factory), vectors, factory), self._encoder
         )
 
-    def split(self, ranges: Sequence[range], factory: str) -> list[DenseRetriever]:
-        """Shards by passage range, each its own ``factory`` index over its slice of vectors."""
+    @classmethod
+    def fit_shards(
+        cls,
+        texts: Sequence[str],
+        ranges: Sequence[range],
+        *,
+        factory: str = DEFAULT_FACTORY,
+        encoder: Encoder | None = None,
+        precision: str | None = None,
+        batch_size: int = 16,
+        show_progress: bool = False,
+    ) -> list[DenseRetriever]:
+        """Shards by passage range, each its own ``factory`` index over its slice of vectors:
+        the corpus is encoded once and never indexed whole."""
+        encoder = encoder or load_encoder(precision)
+        vectors = encoder.encode(texts, batch_size=batch_size, progress=show_progress)
         out = []
         for r in ranges:
-            vectors = np.ascontiguousarray(self._search.vectors[r.start : r.stop], np.float32)
-            index = make_faiss_index(vectors, factory)
-            out.append(DenseRetriever(VectorSearch(index, vectors, factory), self._encoder))
+            part = np.ascontiguousarray(vectors[r.start : r.stop])
+            out.append(cls(VectorSearch(make_faiss_index(part, factory), part, factory), encoder))
         return out
 
     def search(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
@@ -163,8 +179,7 @@ class DenseRetriever:
 
     def score(self, query: str, doc_ids: Sequence[int]) -> list[float]:
         check_queries([query], 1, len(self))
-        ids = np.asarray(check_doc_ids(doc_ids, len(self)), dtype=np.int64)
-        return [float(s) for s in self._search.scores(self.encode_query(query), ids)]
+        return self._search.score(self.encode_query(query), check_doc_ids(doc_ids, len(self)))
 
 
 def checked_encoder(params: dict[str, Any], encoder: Encoder | None = None) -> Encoder:

@@ -56,11 +56,9 @@ def _build_dense_shards(
     folders: Sequence[Path], texts: Sequence[str], opts: Options, progress: bool,
     ranges: Sequence[range],
 ) -> dict:  # fmt: skip
-    from ragserve.retrieval.dense import DEFAULT_FACTORY, DenseRetriever
+    from ragserve.retrieval.dense import DenseRetriever
 
-    factory = opts.pop("factory", DEFAULT_FACTORY)
-    full = DenseRetriever.fit(texts, factory="Flat", show_progress=progress, **opts)
-    parts = full.split(ranges, factory)
+    parts = DenseRetriever.fit_shards(texts, ranges, show_progress=progress, **opts)
     return [part.save(f) for f, part in zip(folders, parts, strict=True)][-1]
 
 

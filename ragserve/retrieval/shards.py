@@ -108,11 +108,8 @@ class ShardIndex:
         return [[(off + h.doc_id, h.score) for h in row] for row in part.search(payload, k)]
 
     def score(self, retriever: str, payload: Any, doc_ids: Sequence[int]) -> list[float]:
-        part = self._part(retriever)
-        local = np.asarray(doc_ids, dtype=np.int64) - self.info.offset
-        if retriever == "dense":
-            return [float(s) for s in part.scores(payload, local)]
-        return part.score(payload, [int(i) for i in local])
+        local = [int(i) - self.info.offset for i in doc_ids]
+        return self._part(retriever).score(payload, local)
 
 
 class Pending(Protocol):
