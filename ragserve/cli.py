@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ragserve import __version__
 from ragserve.config import Settings, load_settings
-from ragserve.errors import RagServeError
+from ragserve.errors import InputError, RagServeError
 
 if TYPE_CHECKING:
     from ragserve.engine.events import Step
@@ -230,6 +230,8 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     from ragserve.generation.factory import create_generator
     from ragserve.retrieval.registry import with_hybrid
 
+    if args.concurrency < 1:
+        raise InputError("--concurrency must be at least 1")
     settings = _settings(args)
     data = Path(args.data) if args.data else settings.data_dir / "hotpotqa"
     rag = RagOptions(
@@ -244,7 +246,14 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
     try:
         retrievers = with_seal(with_hybrid(index.retrievers), generator)
         engine = Engine(retrievers, index.docstore, generator, args.retriever)
-        report = run_qa_eval(data, engine, rag, limit=args.limit, max_tokens=args.max_tokens)
+        report = run_qa_eval(
+            data,
+            engine,
+            rag,
+            limit=args.limit,
+            max_tokens=args.max_tokens,
+            concurrency=args.concurrency,
+        )
     finally:
         asyncio.run(generator.aclose())
         index.close()
@@ -256,7 +265,6 @@ def cmd_eval_qa(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_spec(args: argparse.Namespace) -> int:
-    from ragserve.errors import InputError
     from ragserve.eval.datasets import load_dataset
     from ragserve.eval.report import open_eval_index
     from ragserve.eval.spec import (
@@ -494,6 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     eq.add_argument("--max-passages", type=int, default=2, help="auto_rag: per step (default: 2)")
     eq.add_argument("--max-tokens", type=int, default=64, help="answer length (default: 64)")
     eq.add_argument("--limit", type=int, help="the first N questions only")
+    eq.add_argument("--concurrency", type=int, default=1,
+                    help="questions at once (default: 1; same answers, faster)")  # fmt: skip
     eq.add_argument("--json", help="write the metrics as one flat JSON object")
     eq.add_argument("--n-ctx", type=int, help="context window (default: 4096)")
     _add_common(eq)

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +82,12 @@ QUERY_WORDS = 32
 DOCUMENT_TOKENS = 220  # a document line of PASSAGE_WORDS words, with room to spare
 PREFETCH = 20  # passages a search brings into the speculation cache (at least)
 
+# Writes the answer over the passages read: answer text, then ``Finished``.
+AnswerOver = Callable[[list[Citation]], AsyncIterator[TokenText | Finished]]
+
 _QUERY = re.compile(r"Query:[ \t]*([^\n]*)")
 _FINAL = re.compile(r"Final Answer:[ \t]*([^\n]*)")
+_LABEL = re.compile(r"(?:Analysis|Intermediate Answer|Final Answer):")
 
 
 @dataclass(frozen=True)
@@ -181,15 +185,22 @@ class AutoRag:
         docstore: DocStore,
         search: Search,
         request: RagRequest,
+        answer_over: AnswerOver | None = None,
         **speculation: Any,
     ):
-        """``speculation``: ``Speculator`` options (``prefetch``, ``fixed_stride``,
+        """``answer_over``: writes the answer over passages, as ``single`` does; used in place
+        of the transcript's own answer where ``rag.evidence_answer`` asks (by default, for base
+        models). ``speculation``: ``Speculator`` options (``prefetch``, ``fixed_stride``,
         ``asynchronous``), which the benchmark varies."""
         opts = request.rag
         self.generator = generator
         self.docstore = docstore
         self.request = request
         self.transcript = Transcript(generator, request.question, opts.demonstrations)
+        base = not self.transcript.chat
+        self.anchored = base if opts.anchor_queries is None else opts.anchor_queries
+        evidence = base if opts.evidence_answer is None else opts.evidence_answer
+        self.answer_over = answer_over if evidence else None
         # Room for a turn, its documents, then the fallback document and the answer.
         self.reserve = 3 * TURN_TOKENS + opts.max_passages * DOCUMENT_TOKENS + ANSWER_TOKENS
         # Deep enough that the unread passages a step reads are among the hits in every mode.
@@ -223,6 +234,18 @@ class AutoRag:
                 for event in state.events[told:]:
                     yield event
                 told = len(state.events)
+        read = [c for e in state.events if isinstance(e, Retrieved) for c in e.citations]
+        if self.answer_over is not None and read:
+            async for event in self.answer_over(read):
+                if isinstance(event, Finished):
+                    event = replace(
+                        event,
+                        usage=_add(state.usage, event.usage),
+                        iterations=state.iteration,
+                        speculation=summary(self.stats, opts.speculative),
+                    )
+                yield event
+            return
         turns, answer, usage = list(state.turns), state.answer, state.usage
         if answer is None:
             fallback = (
@@ -300,9 +323,18 @@ class AutoRag:
         if finding and finding == state.last_finding:
             return replace(state, converged=True)  # nothing new to say: ask for its answer
         query = turn.query or state.query
+        wants = self.search_text(turn.query or finding) if self.anchored else query
         return replace(
-            state, last_finding=finding, query=query, wants=query, asked=time.perf_counter()
+            state, last_finding=finding, query=query, wants=wants, asked=time.perf_counter()
         )
+
+    def search_text(self, said: str) -> str:
+        """An anchored search: the question, then the turn's query or, without one, what the
+        turn found (as ITER-RETGEN searches the question with the last generation). A small
+        model's own queries drop the question's key terms; the question keeps them."""
+        question = self.request.question
+        said = " ".join(_LABEL.sub(" ", said).split()[:QUERY_WORDS])
+        return question if not said or said == question else f"{question} {said}"
 
     async def _fallback(
         self, turns: list[tuple[str, str]], query: str, n_read: int

@@ -216,7 +216,14 @@ class Engine:
         if strategy == "auto_rag":
             name = request.rag.retriever
             retriever, search = self.retriever(name), self.searcher(name)
-            events = AutoRag(self.generator, retriever, self.docstore, search, request).run()
+            events = AutoRag(
+                self.generator,
+                retriever,
+                self.docstore,
+                search,
+                request,
+                answer_over=lambda cites: self.answer_over(request, cites, strategy),
+            ).run()
         elif strategy == "single":
             events = single(self, request)
         elif strategy == "ralm":
@@ -227,6 +234,14 @@ class Engine:
                 prompt = self.generator.chat_template(request.messages)
             events = self.answer(prompt, request.params, strategy, plain=request.prompt is not None)
         async for event in events:
+            yield event
+
+    async def answer_over(
+        self, request: RagRequest, citations: list[Citation], strategy: str
+    ) -> AsyncIterator[TokenText | Finished]:
+        """The answer over ``citations`` (as many as fit), as ``single`` writes it."""
+        prompt, _ = await self.fit_passages(request, citations)
+        async for event in self.answer(prompt, request.params, strategy):
             yield event
 
     async def answer(

@@ -23,6 +23,8 @@ class RagOptions:
     max_iterations: int = 5  # auto_rag: model turns before the parametric fallback
     max_passages: int = 2  # auto_rag: unread passages per retrieval
     demonstrations: bool = True  # auto_rag: worked examples for base models
+    anchor_queries: bool | None = None  # auto_rag: search the question with each query
+    evidence_answer: bool | None = None  # auto_rag: answer over the passages read, as single
     trace: bool = False  # stream every step
     speculative: bool = False  # ralm, auto_rag: speculative retrieval verified in batches
     seal_beam: int | None = None  # seal: beam size for this request (server default if None)

@@ -158,8 +158,13 @@ def run_qa_eval(
     limit: int | None = None,
     max_tokens: int = 64,
     progress: bool = True,
+    concurrency: int = 1,
 ) -> QaReport:
-    """Every question (or the first ``limit``) through ``engine`` with the strategy in ``rag``."""
+    """Every question (or the first ``limit``) through ``engine`` with the strategy in ``rag``;
+    ``concurrency`` questions at a time (the batched backends give every question the same
+    answer either way; latencies then include the wait for a shared model)."""
+    if concurrency < 1:
+        raise InputError("concurrency must be at least 1")
     dataset = load_dataset(data)
     if dataset.kind != "qa" or not dataset.answers:
         raise InputError(f"{data}: eval qa needs a QA folder (questions.jsonl with answers)")
@@ -168,11 +173,22 @@ def run_qa_eval(
     gold = [list(dataset.relevant[qid]) for qid, _ in questions]
 
     async def run_all() -> list[Outcome]:
-        out = []
-        bar = tqdm(questions, desc=f"{dataset.name} {rag.strategy}", unit="q", disable=not progress)
-        for _, text in bar:
-            out.append(await answer_question(engine, text, rag, max_tokens))
-        return out
+        bar = tqdm(
+            total=len(questions), desc=f"{dataset.name} {rag.strategy}", unit="q",
+            disable=not progress,
+        )  # fmt: skip
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(text: str) -> Outcome:
+            async with gate:
+                outcome = await answer_question(engine, text, rag, max_tokens)
+            bar.update()
+            return outcome
+
+        try:
+            return list(await asyncio.gather(*(one(text) for _, text in questions)))
+        finally:
+            bar.close()
 
     outcomes = asyncio.run(run_all())
     multi_hop = dataset.name.startswith("hotpot") or any(len(g) > 1 for g in gold)
@@ -187,6 +203,7 @@ def run_qa_eval(
         "max_iterations": rag.max_iterations if rag.strategy == "auto_rag" else None,
         "max_passages": rag.max_passages if rag.strategy == "auto_rag" else None,
         "max_tokens": max_tokens,
+        "concurrency": concurrency,
         "model": generator.model_name,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
     }

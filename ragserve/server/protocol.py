@@ -68,6 +68,15 @@ class RagParams(BaseModel):
     max_iterations: Int | None = Field(None, ge=1, le=20, description="auto_rag; default 5")
     max_passages: Int = Field(2, ge=1, le=10, description="auto_rag: new passages per step")
     demonstrations: bool = Field(True, description="auto_rag: worked examples for base models")
+    anchor_queries: bool | None = Field(
+        None,
+        description="auto_rag: search the question with each model query; default: base models",
+    )
+    evidence_answer: bool | None = Field(
+        None,
+        description="auto_rag: answer over the passages read, as single does; default: base"
+        " models (others give the transcript's Final Answer)",
+    )
     trace: bool = Field(False, description="stream each step as a `rag_step` chunk")
     speculative: bool = Field(
         False,

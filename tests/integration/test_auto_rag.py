@@ -36,12 +36,15 @@ def test_auto_rag_answers_with_a_trace_and_the_passages_it_read(live_server: Liv
     assert len(read) == len(set(read))  # never the same passage twice
     assert [c["id"] for c in body["citations"]] == read
     assert [c["index"] for c in body["citations"]] == list(range(1, len(read) + 1))
-    assert retrievals[0]["query"] == turns[0]["query"]  # the model's own query was searched
+    # A base model's queries are anchored: the question, then the model's own query.
+    assert retrievals[0]["query"] == f"{QUESTION} {turns[0]['query']}"
     assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
 
 
 def test_auto_rag_streams_its_steps_when_asked(live_server: LiveServer) -> None:
-    rag = {"strategy": "auto_rag", "max_iterations": 2, "retriever": "bm25", "trace": True}
+    """As the paper runs it: the model's own queries, and its own final answer."""
+    rag = {"strategy": "auto_rag", "max_iterations": 2, "retriever": "bm25", "trace": True,
+           "anchor_queries": False, "evidence_answer": False}  # fmt: skip
     body = {"messages": [{"role": "user", "content": QUESTION}], "rag": rag, "stream": True}
     with httpx.stream(
         "POST", f"{live_server.url}/v1/chat/completions", json=body, timeout=300
@@ -50,6 +53,8 @@ def test_auto_rag_streams_its_steps_when_asked(live_server: LiveServer) -> None:
         chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     steps = [c["rag_step"] for c in chunks if "rag_step" in c]
     assert steps and steps[0]["kind"] == "model"
+    searched = [s["query"] for s in steps if s["kind"] == "retrieval"]
+    assert searched and searched[0] == steps[0]["query"]  # the model's own query was searched
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
     assert text.strip() and chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
@@ -88,13 +93,14 @@ def test_eval_qa_on_shared_nq(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "qa.json"
     r = subprocess.run(
         [sys.executable, "-m", "ragserve.cli", "eval", "qa", "--data", str(data_dir / "nq"),
-         "--strategy", "auto_rag", "--limit", "3", "--max-iterations", "2",
+         "--strategy", "auto_rag", "--limit", "3", "--max-iterations", "2", "--concurrency", "2",
          "--index-dir", str(tmp_path / "indexes"), "--n-ctx", "2048", "--json", str(out)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["questions"] == 3 and report["strategy"] == "auto_rag"
+    assert report["concurrency"] == 2
     assert 0 <= report["f1"] <= 1 and 0 <= report["support_recall"] <= 1
     assert 1 <= report["retrievals_mean"] <= 2 and report["empty_share"] <= 1
     assert sum(report["retrievals_histogram"].values()) == 3

@@ -97,6 +97,8 @@ def rag_options(
         max_iterations=min(iterations or 5, bound),
         max_passages=body.rag.max_passages,
         demonstrations=body.rag.demonstrations,
+        anchor_queries=body.rag.anchor_queries,
+        evidence_answer=body.rag.evidence_answer,
         trace=body.rag.trace,
         speculative=pick("speculative", preset.speculative, False),
         seal_beam=body.rag.seal_beam,
