@@ -161,8 +161,9 @@ def run_qa_eval(
     concurrency: int = 1,
 ) -> QaReport:
     """Every question (or the first ``limit``) through ``engine`` with the strategy in ``rag``;
-    ``concurrency`` questions at a time (the batched backends give every question the same
-    answer either way; latencies then include the wait for a shared model)."""
+    ``concurrency`` questions at a time (llama.cpp's batching is batch-invariant, so every
+    question gets the same answer either way, SEAL's searches excepted; latencies then include
+    the wait for a shared model)."""
     if concurrency < 1:
         raise InputError("concurrency must be at least 1")
     dataset = load_dataset(data)
