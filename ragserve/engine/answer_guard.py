@@ -25,9 +25,11 @@ def _key(sentence: str) -> str:
 
 class RepeatGuard:
     """Feed answer text as it streams; get back what is safe to emit. ``stopped`` turns true at
-    the first repeat, which is never emitted."""
+    the first repeat, which is never emitted. The answer starts at its first visible character
+    (leading whitespace is dropped); ``emitted`` turns true once some text has been let out."""
 
     def __init__(self) -> None:
+        self.emitted = False
         self._seen: list[str] = []
         self._sentence = ""  # the sentence being written
         self._released = 0  # how much of it has been emitted
@@ -35,6 +37,19 @@ class RepeatGuard:
         self.stopped = False
 
     def feed(self, text: str) -> str:
+        return self._out(self._feed(text))
+
+    def flush(self) -> str:
+        """What is left at the end of generation (dropped if it repeats)."""
+        return self._out(self._flush())
+
+    def _out(self, text: str) -> str:
+        if not self.emitted:
+            text = text.lstrip()
+            self.emitted = bool(text)
+        return text
+
+    def _feed(self, text: str) -> str:
         if self.stopped:
             return ""
         self._sentence += text
@@ -53,8 +68,7 @@ class RepeatGuard:
             self._released = len(self._sentence)
         return "".join(out)
 
-    def flush(self) -> str:
-        """What is left at the end of generation (dropped if it repeats)."""
+    def _flush(self) -> str:
         if self.stopped or self._repeats(self._sentence):
             return ""
         rest = self._sentence[self._released :]

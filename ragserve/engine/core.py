@@ -33,6 +33,8 @@ log = logging.getLogger("ragserve.engine")
 # No tokenizer we know packs more characters into one token on average over a whole prompt, so
 # a prompt with more characters than this times the context cannot fit: refused untokenized.
 MAX_CHARS_PER_TOKEN = 32
+# Next-token candidates searched for one that shows text, when an answer came back empty.
+OPENING_CANDIDATES = 20
 
 
 class Engine:
@@ -249,25 +251,63 @@ class Engine:
     ) -> AsyncIterator[TokenText | Finished]:
         """Generate an answer a user can read: cut at its first repeat, never empty.
         ``plain``: the continuation as the model writes it, stopped only by ``params`` (``none``
-        on a text prompt: what ``/v1/completions`` promises)."""
-        guard = None if plain else RepeatGuard()
-        if guard is not None:
-            params = replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP))))
-        emitted, produced = False, 0
-        finish, usage = "length", None
+        on a text prompt: what ``/v1/completions`` promises).
+
+        A small base model sometimes opens its answer on a new line with a label it is stopped
+        at (``Answer:`` again), or with a list of the passages: nothing to show. That answer is
+        written again, opening on the likeliest next token that shows text (line breaks and
+        end-of-text masked, as Whisper's decoder suppresses a blank first token); an answer that
+        shows text the first time is never touched."""
+        if plain:
+            async for event in self._written(prompt, params, None):
+                yield event
+            return
+        params = replace(params, stop=tuple(dict.fromkeys((*params.stop, *STOP))))
+        guard, finish, usage = RepeatGuard(), "length", Usage(0, 0)
+        async for event in self._written(prompt, params, guard):
+            if isinstance(event, Finished):
+                finish, usage = event.finish_reason, event.usage
+            else:
+                yield event
+        if not guard.emitted and params.max_tokens > 1:
+            ids = await asyncio.to_thread(self.generator.tokenize, prompt, special=True)
+            opening = await self._visible_opening(ids)
+            if opening is not None:
+                guard = RepeatGuard()
+                retry = replace(params, max_tokens=params.max_tokens - 1)
+                text = self.generator.detokenize([opening])
+                async for event in self._written([*ids, opening], retry, guard, text):
+                    if isinstance(event, Finished):
+                        finish = event.finish_reason
+                        # Both tries were generated: count them, and the opening token.
+                        done = usage.completion_tokens + event.usage.completion_tokens + 1
+                        usage = Usage(usage.prompt_tokens, done)
+                    else:
+                        yield event
+        if not guard.emitted:
+            yield TokenText(NO_ANSWER[strategy])
+        yield Finished(finish, usage)
+
+    async def _written(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        guard: RepeatGuard | None,
+        opening: str = "",
+    ) -> AsyncIterator[TokenText | Finished]:
+        """One generation, through ``guard`` when there is one; ``opening``: text the prompt's
+        last token wrote, which the answer begins with."""
+        produced, finish, usage = 0, "length", None
         stream = self.generator.generate(prompt, params)
         try:
             async for chunk in stream:
                 produced += len(chunk.token_ids)
                 if chunk.usage is not None:
                     finish, usage = chunk.finish_reason or finish, chunk.usage
-                if guard is None:
-                    text = chunk.text
-                else:
-                    text = guard.feed(chunk.text)
-                    text = text if emitted else text.lstrip()
+                text, opening = opening + chunk.text, ""
+                if guard is not None:
+                    text = guard.feed(text)
                 if text:
-                    emitted = True
                     yield TokenText(text)
                 if guard is not None and guard.stopped:
                     finish = "stop"
@@ -275,16 +315,23 @@ class Engine:
         finally:
             await stream.aclose()
         if guard is not None:
-            tail = guard.flush()
-            tail = tail if emitted else tail.lstrip()
+            tail = guard.feed(opening) + guard.flush()
             if tail:
-                emitted = True
                 yield TokenText(tail)
-            if not emitted:
-                yield TokenText(NO_ANSWER[strategy])
         if usage is None:  # stopped early: the backend's count never came
-            usage = Usage(await self._count_tokens(prompt), produced)
+            if isinstance(prompt, str):
+                usage = Usage(await self._count_tokens(prompt), produced)
+            else:
+                usage = Usage(len(prompt), produced)
         yield Finished(finish, usage)
+
+    async def _visible_opening(self, ids: list[int]) -> int | None:
+        """The likeliest next token after ``ids`` that shows text on the answer's first line."""
+        for top in (await self.generator.next_token_topk([ids], OPENING_CANDIDATES))[0]:
+            text = self.generator.detokenize([top.token_id])
+            if text.strip() and "\n" not in text:
+                return top.token_id
+        return None
 
     async def _count_tokens(self, prompt: str) -> int:
         return len(await asyncio.to_thread(self.generator.tokenize, prompt, special=True))
