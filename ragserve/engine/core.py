@@ -23,7 +23,7 @@ from ragserve.engine.ralm import ralm
 from ragserve.engine.request import RagOptions, RagRequest
 from ragserve.engine.single import single
 from ragserve.engine.speculative import Search
-from ragserve.errors import ContextLengthError, InputError
+from ragserve.errors import ContextLengthError, InputError, RagServeError
 from ragserve.generation.base import Generator, SamplingParams, Usage
 from ragserve.retrieval.base import Hit, Retriever
 from ragserve.retrieval.registry import fuse
@@ -326,8 +326,15 @@ class Engine:
         yield Finished(finish, usage)
 
     async def _visible_opening(self, ids: list[int]) -> int | None:
-        """The likeliest next token after ``ids`` that shows text on the answer's first line."""
-        for top in (await self.generator.next_token_topk([ids], OPENING_CANDIDATES))[0]:
+        """The likeliest next token after ``ids`` that shows text on the answer's first line.
+        Best effort: where the backend cannot say (an upstream server that caps ``logprobs``
+        lower, say), the answer falls back to the plain sentence rather than failing."""
+        try:
+            top_tokens = await self.generator.next_token_topk([ids], OPENING_CANDIDATES)
+        except RagServeError as e:
+            log.warning("empty answer not written again: %s", e)
+            return None
+        for top in top_tokens[0]:
             text = self.generator.detokenize([top.token_id])
             if text.strip() and "\n" not in text:
                 return top.token_id

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from ragserve.engine.core import Engine
 from ragserve.engine.events import Finished, TokenText
+from ragserve.errors import UpstreamError
 from ragserve.generation.base import GenerationChunk, SamplingParams, TopToken, Usage
 
 
@@ -78,6 +79,22 @@ def test_an_empty_answer_is_written_again_on_the_likeliest_token_that_shows_text
     prompt, params = gen.calls[1]
     assert prompt == [0, 3] and params.max_tokens == SamplingParams().max_tokens - 1
     assert finished.usage == Usage(7, 1 + 2 + 1)  # both tries and the opening token
+
+
+def test_a_backend_that_cannot_rank_next_tokens_gets_the_fallback() -> None:
+    class NoTopk(Scripted):
+        async def next_token_topk(self, prefixes: Sequence[list[int]], m: int) -> list:
+            raise UpstreamError("logprobs must be at most 5")
+
+    gen = NoTopk(["\n"], retry=[" no"], top=[" Paris"])
+    engine = Engine({"bm25": object()}, docstore=None, generator=gen)  # type: ignore[arg-type,dict-item]
+
+    async def collect() -> list:
+        return [e async for e in engine.answer("p", SamplingParams(), "single")]
+
+    events = asyncio.run(collect())
+    assert [e.text for e in events if isinstance(e, TokenText)] == ["The passages do not say."]
+    assert len(gen.calls) == 1
 
 
 def test_an_answer_that_shows_text_is_never_written_again() -> None:
