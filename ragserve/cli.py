@@ -34,6 +34,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _demo_is_stale(folder: Path) -> str:
+    """Why a demo index must be rebuilt (it came from another revision of the demo corpus, or
+    its manifest cannot be read); empty if it is current."""
+    from ragserve.corpus.demo import demo_source
+    from ragserve.corpus.manifest import Manifest
+
+    try:
+        built = Manifest.load(folder).corpus.get("source")
+    except RagServeError as e:
+        return e.message
+    return "" if built == demo_source() else f"{built}, now {demo_source()}"
+
+
 def cmd_index_build(args: argparse.Namespace) -> int:
     from ragserve.corpus import ChunkingConfig
     from ragserve.corpus.demo import DEMO_NAME, demo_documents, demo_source
@@ -49,8 +62,11 @@ def cmd_index_build(args: argparse.Namespace) -> int:
     if not name:
         raise RagServeError("--name is required with --corpus")
     if args.if_missing and name in list_indexes(settings.index_dir):
-        print(f"index {name!r} already built in {settings.index_dir}")
-        return 0
+        stale = args.demo and _demo_is_stale(settings.index_dir / name)
+        if not stale:
+            print(f"index {name!r} already built in {settings.index_dir}")
+            return 0
+        print(f"index {name!r} was built from an older demo corpus ({stale}): rebuilding")
     options = {"dense": {"factory": args.dense_factory, "precision": args.encoder_precision}}
     common = {
         "retrievers": retrievers,

@@ -3,11 +3,18 @@
 Sources are ``pydoc_data.topics`` (the language reference topics ``help()`` shows) and the
 docstrings of standard-library modules that import cleanly. Modules are imported in a child
 process so their import-time side effects (and crashes) never reach the caller.
+
+A signature prints its defaults by value, and a few defaults are the building process's own
+state: ``cgi.parse(environ=os.environ)`` would print every environment variable (API keys
+included) into a corpus that the server then hands to any client. Such defaults are written as
+the expression (``os.environ``, ``sys.executable``), and the child runs with an environment of
+``PATH`` alone, so nothing of the builder's environment can reach the index.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,9 +31,15 @@ _SKIP = {
     "_winapi", "nt", "xxsubtype", "xxlimited", "xxlimited_35", "__phello__", "__hello__",
 }  # fmt: skip
 
+# Bumped when the documents change for the same interpreter: ``index build --demo --if-missing``
+# rebuilds an index made from an older revision (revision 1 leaked the environment).
+REVISION = 2
+
 _COLLECT = r"""
-import contextlib, inspect, io, json, sys, warnings
+import contextlib, inspect, io, json, os, sys, warnings
 skip = set(json.loads(sys.argv[1]))
+# Defaults that are this process's state, written as the expression the source has.
+state = {repr(os.environ): "os.environ", repr(sys.executable): "sys.executable"}
 docs = []
 out = sys.stdout
 for name in sorted(sys.stdlib_module_names):
@@ -56,6 +69,8 @@ for name in sorted(sys.stdlib_module_names):
             sig = str(inspect.signature(obj))
         except (TypeError, ValueError):
             sig = ""
+        for value, expression in state.items():
+            sig = sig.replace(value, expression)
         qual = name + "." + attr
         docs.append({"id": qual, "title": qual, "text": qual + sig + ": " + doc})
 json.dump(docs, out)
@@ -79,6 +94,7 @@ def _module_docs(timeout: float = 300) -> list[Document]:
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
+            env={"PATH": os.environ.get("PATH", os.defpath)},
         )
     except subprocess.TimeoutExpired:
         raise RagServeError("collecting standard-library docstrings timed out") from None
@@ -97,5 +113,6 @@ def demo_documents() -> list[Document]:
 
 
 def demo_source() -> str:
-    """A description of the demo corpus for the manifest (the interpreter version fixes it)."""
-    return f"python-docs (Python {sys.version.split()[0]})"
+    """A description of the demo corpus for the manifest: the interpreter version and our
+    revision of the collection fix it."""
+    return f"python-docs r{REVISION} (Python {sys.version.split()[0]})"
