@@ -5,7 +5,7 @@ retriever, model and index.
 
     .venv/bin/python -m benchmarks.qa --limit 100   # RAGSERVE_DATA or ../shared/data
 
-Writes ``benchmarks/results/qa.{json,md}``.
+Writes ``benchmarks/results/qa.{json,md}`` (``--name`` another stem).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--retriever", default="bm25")
     ap.add_argument("--sets", default="hotpotqa,nq")
     ap.add_argument("--concurrency", type=int, default=4, help="questions at once (same answers)")
+    ap.add_argument("--name", default="qa", help="results file stem in benchmarks/results")
     ap.add_argument("--literal", action="store_true",
                     help="also auto_rag with the model's own queries and answer")  # fmt: skip
     args = ap.parse_args()
@@ -63,7 +64,7 @@ def main() -> None:
     finally:
         asyncio.run(generator.aclose())
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "qa.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "# Auto-RAG vs single (issue 9)",
         "",
@@ -89,7 +90,7 @@ def main() -> None:
         )
     hist = {k: r["retrievals_histogram"] for k, r in rows.items() if "auto_rag" in k}
     lines += ["", f"Retrievals per question (auto_rag): {json.dumps(hist)}", ""]
-    (RESULTS / "qa.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 
