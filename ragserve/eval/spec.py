@@ -85,9 +85,9 @@ def dense_with_distractors(dense, n: int, factory: str, seed: int = 0):  # type:
     back from faiss's own storage: one copy in memory, so millions fit."""
     import faiss
 
-    from ragserve.retrieval.dense import DenseRetriever, make_faiss_index
+    from ragserve.retrieval.dense import DenseRetriever, VectorSearch, make_faiss_index
 
-    real = np.ascontiguousarray(dense._vectors, dtype=np.float32)
+    real = np.ascontiguousarray(dense._search.vectors, dtype=np.float32)
     rng = np.random.default_rng(seed)
 
     def chunks():  # type: ignore[no-untyped-def]
@@ -103,9 +103,10 @@ def dense_with_distractors(dense, n: int, factory: str, seed: int = 0):  # type:
             index.add(chunk)
         total, dim = index.ntotal, real.shape[1]
         vectors = faiss.rev_swig_ptr(index.get_xb(), total * dim).reshape(total, dim)
-        return DenseRetriever(index, vectors, dense._encoder, factory)
+        return DenseRetriever(VectorSearch(index, vectors, factory), dense._encoder)
     vectors = np.ascontiguousarray(np.concatenate([real, *chunks()]), dtype=np.float32)
-    return DenseRetriever(make_faiss_index(vectors, factory), vectors, dense._encoder, factory)
+    index = make_faiss_index(vectors, factory)
+    return DenseRetriever(VectorSearch(index, vectors, factory), dense._encoder)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 from ragserve.cli import main
 from ragserve.engine.core import Engine
 from ragserve.engine.ralm import Ralm, RalmState
-from ragserve.eval.spec import auto_rag_output, bench
+from ragserve.eval.spec import auto_rag_output, bench, bench_retriever
 from ragserve.generation.base import SamplingParams
 from ragserve.indexing import load_index
 from tests.conftest import LiveServer
@@ -105,6 +105,24 @@ def test_bench_spec_compares_every_output_with_the_baseline(
         assert rows[v]["speedup"] > 0 and rows[v]["searches"] <= rows["base"]["searches"]
     assert main(["bench", "spec", "--variants", "P,XYZ"]) == 2
     assert "unknown variants ['XYZ']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["dense", "hnsw", "bm25"])
+def test_bench_retriever_adds_distractors_to_every_kind(demo_index_dir: Path, kind: str) -> None:
+    index = load_index(demo_index_dir, "python-docs", ["bm25", "dense"])
+    try:
+        n_real = len(index.retrievers["bm25"])
+        retriever, docs = bench_retriever(index, kind, 300)
+        assert len(retriever) == len(docs) == n_real + 300
+        fake = docs.get([n_real + 7])[0]
+        assert fake.external_id == f"distractor-{n_real + 7}" and fake.text == docs.text(n_real + 7)
+        q = "What does json.loads do in Python?"
+        hits = retriever.search([q], 20)[0]
+        assert len(hits) == 20 and retriever.score(q, [h.doc_id for h in hits]) == [
+            h.score for h in hits
+        ]
+    finally:
+        index.close()
 
 
 def test_ralm_through_the_server_streams_the_same_answer(live_server: LiveServer) -> None:

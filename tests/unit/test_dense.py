@@ -67,3 +67,18 @@ def test_bad_input(dense: DenseRetriever) -> None:
     with pytest.raises(InputError, match="unknown passage ids"):
         dense.score("x", [-1])
     assert len(dense.search(["x"], 50)[0]) == len(TEXTS)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW32"])
+def test_distractors_extend_the_corpus_and_keep_search_exact(
+    dense: DenseRetriever, factory: str
+) -> None:
+    from ragserve.eval.spec import dense_with_distractors
+
+    big = dense_with_distractors(dense, 250, factory)
+    assert len(big) == len(TEXTS) + 250 and big.factory == factory
+    q = "read a json document into python objects"
+    hits = big.search([q], 10)[0]
+    assert len(hits) == 10 and max(h.doc_id for h in big.search([q], 100)[0]) >= len(TEXTS)
+    assert big.score(q, [h.doc_id for h in hits]) == [h.score for h in hits]
+    assert big.score(q, [2]) == dense.score(q, [2])  # the real passages keep their vectors
