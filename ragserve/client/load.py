@@ -85,7 +85,22 @@ def arrivals(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
 async def one(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Outcome:
     """Stream one completion, stamping each piece of text as it arrives. aiohttp rather than
     httpx here: at 200 requests/s httpx alone adds about 2 ms per request (measured in
-    ``benchmarks/harness_overhead.py``), aiohttp well under 1 ms (and vLLM's harness uses it)."""
+    ``benchmarks/harness_overhead.py``), aiohttp well under 1 ms (and vLLM's harness uses it).
+
+    A pooled connection the server closed just as it was reused (llama.cpp's server ends a
+    kept-alive connection after 5 requests) fails before any response: that request never
+    reached the server, so it is sent once more on a fresh connection, not counted as failed.
+    """
+    out = await _attempt(session, url, body)
+    if out.status == 0 and out.error.startswith(_STALE):
+        out = await _attempt(session, url, body)
+    return out
+
+
+_STALE = ("ServerDisconnectedError", "ClientOSError")
+
+
+async def _attempt(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Outcome:
     out = Outcome()
     t0 = time.perf_counter()
     last = None

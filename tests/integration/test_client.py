@@ -153,3 +153,61 @@ def test_bench_serve_bad_endpoints_are_one_line(live_server: LiveServer, tmp_pat
     assert "cannot reach" in json.loads(out.read_text())["error"]
     code = bench("--url", f"{live_server.url}/health", "--concurrency", "1")
     assert code == 2 and "not an OpenAI model list" in capsys.readouterr().err
+
+
+class _OneRequestPerConnection:
+    """A loopback OpenAI-like stream server that, like llama.cpp's server at its keep-alive
+    limit, drops a connection after answering on it, without saying so in the response."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.served = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:  # type: ignore[no-untyped-def]
+        import json
+
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, body = data.split(b"\r\n\r\n", 1)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            while len(body) < length:
+                body += conn.recv(65536)
+            chunk = {"choices": [{"index": 0, "text": "hello"}],
+                     "usage": {"completion_tokens": 1, "prompt_tokens": 2}}  # fmt: skip
+            payload = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))  # fmt: skip
+            self.served += 1
+            time.sleep(0.2)  # the client has sent its next request on this connection by now
+
+
+def test_bench_serve_resends_a_request_the_server_dropped_unread() -> None:
+    from ragserve.client import load
+
+    server = _OneRequestPerConnection()
+    try:
+        outcomes, _ = asyncio.run(load.run(
+            f"http://127.0.0.1:{server.port}", ["a", "b", "c", "d", "e", "f"], model="m",
+            max_tokens=1, rag=None, concurrency=1, progress=False, endpoint="completions",
+        ))  # fmt: skip
+    finally:
+        server.sock.close()
+    assert [o.error for o in outcomes] == [""] * 6
+    assert all(o.ok and o.text == "hello" for o in outcomes) and server.served == 6
