@@ -161,6 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     res = asyncio.run(run(args.model, args.streams, args.max_tokens, args.also_fast))
     out = Path(args.json or RESULTS / f"generation_vllm_{res['platform']}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(res))
     print(json.dumps(res))

@@ -159,6 +159,7 @@ def main() -> None:
         res["harness_e2el_ms"]["p50"] - res["reference_e2el_ms"]["p50"], 3
     )
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "harness_overhead.json").write_text(json.dumps(res, indent=2) + "\n")
     md = [
         "# Load harness overhead (issue 14)",

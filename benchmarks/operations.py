@@ -299,6 +299,7 @@ def main() -> None:
             res["hot_reload"] = asyncio.run(hot_reload(url, proc, root, args.reload_seconds))
         res["exit_code_after_sigterm"] = proc.returncode
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "operations.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / "operations.md").write_text(markdown(res))
     print(markdown(res))

@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     retrieval: list[dict[str, Any]] = []
     for kind in ("llama-server", "ragserve"):

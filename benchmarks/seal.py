@@ -264,6 +264,7 @@ def main() -> None:
     data = Path(args.data)
     gen = LlamaCppGenerator(slots=1)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
     saved = out / "seal.json"
     res: dict[str, Any] = json.loads(saved.read_text()) if saved.is_file() else {"quality": {}}

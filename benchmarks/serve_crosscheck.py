@@ -117,6 +117,7 @@ def main() -> None:
         k: round(mean("ragserve bench serve", k) / mean("vllm bench serve", k), 3) for k in KEYS
     }
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "serve_crosscheck.json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [
         "# Load harness cross-check: `ragserve bench serve` against `vllm bench serve` (issue 14)",
