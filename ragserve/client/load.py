@@ -88,8 +88,9 @@ async def one(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) ->
     ``benchmarks/harness_overhead.py``), aiohttp well under 1 ms (and vLLM's harness uses it).
 
     A pooled connection the server closed just as it was reused (llama.cpp's server ends a
-    kept-alive connection after 5 requests) fails before any response: that request never
-    reached the server, so it is sent once more on a fresh connection, not counted as failed.
+    kept-alive connection after 5 requests) fails before any response: the server never
+    answered it, so it is sent once more on a fresh connection, not counted as failed. Only
+    once: a server that drops it again is counted as failing it.
     """
     out = await _attempt(session, url, body)
     if out.status == 0 and out.error.startswith(_STALE):

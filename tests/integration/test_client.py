@@ -184,11 +184,13 @@ class _OneRequestPerConnection:
         with conn:
             data = b""
             while b"\r\n\r\n" not in data:
-                data += conn.recv(65536)
+                if not (more := conn.recv(65536)):
+                    return  # the client left without asking
+                data += more
             head, body = data.split(b"\r\n\r\n", 1)
             length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            while len(body) < length:
-                body += conn.recv(65536)
+            while len(body) < length and (more := conn.recv(65536)):
+                body += more
             chunk = {"choices": [{"index": 0, "text": "hello"}],
                      "usage": {"completion_tokens": 1, "prompt_tokens": 2}}  # fmt: skip
             payload = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
