@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,10 +27,10 @@ from typing import Any
 import httpx
 
 from benchmarks.concurrency import start
+from benchmarks.operations import RAGSERVE
 from benchmarks.spec_load import free_port
 
 VLLM_PYTHON = Path(".venv-vllm/bin/python")
-RAGSERVE = str(Path(sys.executable).with_name("ragserve"))
 KEYS = ("completed", "failed", "request_throughput", "output_throughput", "median_ttft_ms",
         "p99_ttft_ms", "mean_tpot_ms", "median_itl_ms", "mean_e2el_ms")  # fmt: skip
 

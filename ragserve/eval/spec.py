@@ -103,9 +103,9 @@ def dense_with_distractors(dense, n: int, factory: str, seed: int = 0):  # type:
             index.add(chunk)
         total, dim = index.ntotal, real.shape[1]
         vectors = faiss.rev_swig_ptr(index.get_xb(), total * dim).reshape(total, dim)
-        return DenseRetriever(VectorSearch(index, vectors, factory), dense._encoder)
-    vectors = np.ascontiguousarray(np.concatenate([real, *chunks()]), dtype=np.float32)
-    index = make_faiss_index(vectors, factory)
+    else:
+        vectors = np.ascontiguousarray(np.concatenate([real, *chunks()]), dtype=np.float32)
+        index = make_faiss_index(vectors, factory)
     return DenseRetriever(VectorSearch(index, vectors, factory), dense._encoder)
 
 
