@@ -17,7 +17,8 @@ step. Found by measurement on this CPU build (``benchmarks/results/concurrency.m
 - attention runs another kernel for a one-token piece of a sequence than for a wider one, so
   generated tokens always go one at a time, prompt tokens always in pieces of two or more,
   and the two never share a ``llama_decode`` call (llama.cpp would split a mixed call into equal
-  shares per sequence).
+  shares per sequence). Several prompts do share one, in equal shares (``prompt_calls``):
+  measured, logits are bit-identical however a prompt was cut into pieces of two or more.
 
 A token's logits are then bit-identical whether its request runs alone or beside 15 others.
 """
@@ -25,6 +26,7 @@ A token's logits are then bit-identical whether its request runs alone or beside
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +42,40 @@ Pick = Callable[[np.ndarray], Any]  # runs on the worker thread over a view of t
 
 def ignore_logits(logits: np.ndarray) -> None:
     """For a prompt piece before the last: nobody reads its logits."""
+
+
+def seq_runs(seqs: Sequence[int]) -> list[list[int]]:
+    """Indices of ``seqs`` (sorted) grouped into runs of consecutive ids: llama.cpp evaluates
+    the sequences of one call in one pass only while their ids follow each other."""
+    runs: list[list[int]] = []
+    for k, seq in enumerate(seqs):
+        if runs and seq == seqs[runs[-1][-1]] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
+def prompt_calls(lengths: Sequence[int]) -> list[list[tuple[int, int, int]]]:
+    """Prompt pieces (all of two tokens or more) as ``llama_decode`` calls of equal shares.
+
+    Each call is ``(piece, start, stop)`` triples, every share the length of the shortest
+    piece left, so each call ends at least one piece: never more calls than pieces. A piece
+    that would keep a single token back sits the call out, since a lone prompt token would
+    take the other attention kernel. Prompts that share a call share its pass over the
+    weights, and a token's logits do not depend on how its prompt was cut.
+    """
+    done = [0] * len(lengths)
+    calls: list[list[tuple[int, int, int]]] = []
+    while True:
+        left = {k: n - done[k] for k, n in enumerate(lengths) if n > done[k]}
+        if not left:
+            return calls
+        share = min(left.values())
+        call = [(k, done[k], done[k] + share) for k, rest in left.items() if rest - share != 1]
+        for k, _, stop in call:
+            done[k] = stop
+        calls.append(call)
 
 
 @dataclass
@@ -59,6 +95,16 @@ class Job:
     tokens: list[int]
     future: asyncio.Future[Any]
     pick: Pick
+
+
+def _settle(job: Job, result: Any) -> None:
+    """Resolve ``job`` with its pick's result (on the event loop), unless it is already done."""
+    if job.future.done():
+        return
+    if isinstance(result, _Failed):
+        job.future.set_exception(result.error)
+    else:
+        job.future.set_result(result)
 
 
 @dataclass
@@ -142,7 +188,7 @@ class StepLoop:
             return
         loop = asyncio.get_running_loop()
         self._running = loop
-        done = loop.run_in_executor(self.executor, self._step, jobs)
+        done = loop.run_in_executor(self.executor, self._step, jobs, loop)
         done.add_done_callback(lambda f: self._finish(loop, jobs, f))
 
     def _finish(self, loop, jobs: list[Job], done: asyncio.Future) -> None:  # type: ignore[no-untyped-def, type-arg]
@@ -150,62 +196,84 @@ class StepLoop:
         error = done.exception()
         results = None if error else done.result()
         for i, job in enumerate(jobs):
-            if job.future.done():
-                continue
             if error is not None:
-                job.future.set_exception(error)
-            elif isinstance(results[i], _Failed):
-                job.future.set_exception(results[i].error)
+                if not job.future.done():
+                    job.future.set_exception(error)
             else:
-                job.future.set_result(results[i])
+                _settle(job, results[i])
         if self._pending:
             self._schedule(loop)
 
     # -- worker-thread side --
 
-    def _step(self, jobs: list[Job]) -> list[Any]:
-        """The decode tokens in one ``llama_decode`` call, each prompt piece in its own.
+    def _step(self, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> list[Any]:
+        """The prompt pieces in calls of equal shares (``prompt_calls``), one run of
+        consecutive sequence ids at a time, then the decode tokens in one call.
 
-        Apart because llama.cpp splits a batch into equal shares per sequence, which would
-        cut a one-token piece off a prompt (see ``llama_cpp._Seq``).
+        Never mixed: llama.cpp splits a call into equal shares per sequence, which would cut
+        a one-token piece off a prompt (see ``llama_cpp._Seq``); and it evaluates sequences
+        in one pass only while their ids are consecutive. A prompt's first token is handed
+        to its request as soon as its call ends, before the decode call: time to first
+        token is one pass shorter, and the step takes as long as before.
         """
         out: list[Any] = [None] * len(jobs)
+
+        def deliver(i: int, result: Any) -> None:
+            out[i] = result
+            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits
+                loop.call_soon_threadsafe(_settle, jobs[i], result)
+
+        prompts = sorted(
+            (i for i, j in enumerate(jobs) if len(j.tokens) > 1), key=lambda i: jobs[i].seq
+        )
+        for run in seq_runs([jobs[i].seq for i in prompts]):
+            members = [prompts[k] for k in run]
+            for call in prompt_calls([len(jobs[i].tokens) for i in members]):
+                pieces = [(jobs[members[k]], a, b) for k, a, b in call]
+                for (k, _, b), result in zip(call, self._decode(pieces), strict=True):
+                    if b == len(jobs[members[k]].tokens):
+                        deliver(members[k], result)
         decodes = [i for i, j in enumerate(jobs) if len(j.tokens) == 1]
-        prompts = [[i] for i, j in enumerate(jobs) if len(j.tokens) > 1]
-        for group in (decodes, *prompts):
-            if group:
-                for i, logits in zip(group, self._decode([jobs[i] for i in group]), strict=True):
-                    out[i] = logits
+        if decodes:
+            picked = self._decode([(jobs[i], 0, 1) for i in decodes])
+            for i, result in zip(decodes, picked, strict=True):
+                out[i] = result
         self.stats.steps += 1
         self.stats.widths[len(jobs)] = self.stats.widths.get(len(jobs), 0) + 1
         return out
 
-    def _decode(self, jobs: list[Job]) -> list[Any]:
-        """One ``llama_decode`` call, sequences in id order (llama.cpp wants them so)."""
+    def _decode(self, pieces: list[tuple[Job, int, int]]) -> list[Any]:
+        """One ``llama_decode`` call over ``job.tokens[start:stop]`` of each piece, sequences
+        in id order (llama.cpp wants them so); ``pick`` runs for pieces that end their job."""
         import llama_cpp
 
         b = self.batch.batch
-        order = sorted(range(len(jobs)), key=lambda i: jobs[i].seq)
+        order = sorted(range(len(pieces)), key=lambda i: pieces[i][0].seq)
         n = 0
         last: dict[int, int] = {}
         for i in order:
-            job = jobs[i]
-            for k, tok in enumerate(job.tokens):
-                b.token[n] = tok
+            job, start, stop = pieces[i]
+            ends = stop == len(job.tokens)
+            for k in range(start, stop):
+                b.token[n] = job.tokens[k]
                 b.pos[n] = job.pos + k
                 b.n_seq_id[n] = 1
                 b.seq_id[n][0] = job.seq
-                b.logits[n] = k == len(job.tokens) - 1
+                b.logits[n] = ends and k == stop - 1
                 n += 1
-            last[i] = n - 1
+            if ends:
+                last[i] = n - 1
         b.n_tokens = n
         rc = llama_cpp.llama_decode(self.ctx.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with status {rc}")
         self.stats.decode_calls += 1
         self.stats.tokens += n
-        out = []
-        for i, job in enumerate(jobs):
+        out: list[Any] = []
+        for i, (job, _, _) in enumerate(pieces):
+            if i not in last:
+                out.append(None)
+                continue
             ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, last[i])
             try:
                 out.append(job.pick(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 
 import llama_cpp
@@ -250,3 +251,91 @@ def test_a_bad_request_does_not_disturb_its_batch(generator: LlamaCppGenerator) 
     alone, mixed = asyncio.run(run())
     assert [m[1] for m in mixed[:4]] == alone
     assert isinstance(mixed[4], ContextLengthError) and isinstance(mixed[5], InputError)
+
+
+def _digest(logits) -> str:  # type: ignore[no-untyped-def]
+    return hashlib.sha256(logits.tobytes()).hexdigest()
+
+
+async def _empty_seqs(generator: LlamaCppGenerator, n: int) -> list[int]:
+    """``n`` sequences taken from the generator (lowest ids first), their caches emptied."""
+    seqs = [await generator._acquire([]) for _ in range(n)]
+    for seq in seqs:
+        await generator._loop.call(generator._truncate, seq, 0)
+    return [seq.id for seq in seqs]
+
+
+async def _give_back(generator: LlamaCppGenerator, ids: list[int]) -> None:
+    for seq in generator._seqs:
+        if seq.id in ids:
+            await generator._loop.call(generator._truncate, seq, 0)
+            generator._release(seq)
+
+
+def test_prompts_arriving_together_share_a_call_and_keep_their_logits(
+    generator: LlamaCppGenerator,
+) -> None:
+    """Four prompts of one length in one step: one call for all, not one each; and three of
+    unequal lengths (cut into shares); the logits after each are bit-identical to alone."""
+    loop_ = generator._loop
+    words = generator.tokenize("Lists keep their order, sets drop repeats and dicts map keys.")
+    lengths = [10, 10, 10, 10, 6, 9, 13]
+
+    async def run() -> tuple[list[str], list[str], int]:
+        seqs = await _empty_seqs(generator, 4)
+
+        async def clear() -> None:
+            await loop_.call(lambda: [generator._ctx.kv_cache_seq_rm(s, 0, -1) for s in seqs])
+
+        alone = []
+        for n in lengths:
+            alone.append(await loop_.submit(seqs[0], 0, words[:n], _digest))
+            await clear()
+        calls = loop_.stats.decode_calls
+        together = await asyncio.gather(
+            *(
+                loop_.submit(s, 0, words[:n], _digest)
+                for s, n in zip(seqs, lengths[:4], strict=True)
+            )
+        )
+        shared_calls = loop_.stats.decode_calls - calls
+        await clear()
+        together += await asyncio.gather(
+            *(
+                loop_.submit(s, 0, words[:n], _digest)
+                for s, n in zip(seqs[:3], lengths[4:], strict=True)
+            )
+        )
+        await _give_back(generator, seqs)
+        return alone, list(together), shared_calls
+
+    alone, together, shared_calls = asyncio.run(run())
+    assert shared_calls == 1
+    assert together == alone
+
+
+def test_a_prompt_gets_its_first_token_before_the_step_decodes(
+    generator: LlamaCppGenerator,
+) -> None:
+    """A step with a decoding stream and a new prompt hands the prompt's logits out first."""
+    loop_ = generator._loop
+    words = generator.tokenize("Tuples are immutable sequences of Python objects.")
+
+    async def run() -> tuple[list[str], int]:
+        a, b = seqs = await _empty_seqs(generator, 2)
+        await loop_.submit(a, 0, words, _digest)
+        await loop_.call(lambda: None)  # that step has ended (its prompt was answered early)
+        order: list[str] = []
+        steps = loop_.stats.steps
+        decode = loop_.submit(a, len(words), words[:1], _digest)
+        prompt = loop_.submit(b, 0, words, _digest)
+        decode.add_done_callback(lambda _: order.append("decode"))
+        prompt.add_done_callback(lambda _: order.append("prompt"))
+        await asyncio.gather(decode, prompt)
+        step_count = loop_.stats.steps - steps
+        await _give_back(generator, seqs)
+        return order, step_count
+
+    order, step_count = asyncio.run(run())
+    assert step_count == 1  # one step held both
+    assert order == ["prompt", "decode"]
