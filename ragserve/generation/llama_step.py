@@ -38,6 +38,7 @@ CHUNK = 64  # prompt tokens per step: bounds how long a prefilling request holds
 
 
 Pick = Callable[[np.ndarray], Any]  # runs on the worker thread over a view of the logits
+_UNREAD = object()  # a prompt piece short of its job's end: no logits, no pick
 
 
 def ignore_logits(logits: np.ndarray) -> None:
@@ -227,12 +228,12 @@ class StepLoop:
             (i for i, j in enumerate(jobs) if len(j.tokens) > 1), key=lambda i: jobs[i].seq
         )
         for run in seq_runs([jobs[i].seq for i in prompts]):
-            members = [prompts[k] for k in run]
-            for call in prompt_calls([len(jobs[i].tokens) for i in members]):
-                pieces = [(jobs[members[k]], a, b) for k, a, b in call]
-                for (k, _, b), result in zip(call, self._decode(pieces), strict=True):
-                    if b == len(jobs[members[k]].tokens):
-                        deliver(members[k], result)
+            group = [prompts[k] for k in run]  # indices into jobs
+            for call in prompt_calls([len(jobs[i].tokens) for i in group]):
+                picked = self._decode([(jobs[group[k]], a, b) for k, a, b in call])
+                for (k, _, _), result in zip(call, picked, strict=True):
+                    if result is not _UNREAD:
+                        deliver(group[k], result)
         decodes = [i for i, j in enumerate(jobs) if len(j.tokens) == 1]
         if decodes:
             picked = self._decode([(jobs[i], 0, 1) for i in decodes])
@@ -244,7 +245,8 @@ class StepLoop:
 
     def _decode(self, pieces: list[tuple[Job, int, int]]) -> list[Any]:
         """One ``llama_decode`` call over ``job.tokens[start:stop]`` of each piece, sequences
-        in id order (llama.cpp wants them so); ``pick`` runs for pieces that end their job."""
+        in id order (llama.cpp wants them so); ``pick`` runs for pieces that end their job,
+        the others get ``_UNREAD``."""
         import llama_cpp
 
         b = self.batch.batch
@@ -272,7 +274,7 @@ class StepLoop:
         out: list[Any] = []
         for i, (job, _, _) in enumerate(pieces):
             if i not in last:
-                out.append(None)
+                out.append(_UNREAD)
                 continue
             ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, last[i])
             try:
