@@ -194,9 +194,11 @@ class _OneRequestPerConnection:
             chunk = {"choices": [{"index": 0, "text": "hello"}],
                      "usage": {"completion_tokens": 1, "prompt_tokens": 2}}  # fmt: skip
             payload = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+            # Counted before sending: counted after, the client could have its answer (and the
+            # test its assertion) while this thread had not yet counted it.
+            self.served += 1
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))  # fmt: skip
-            self.served += 1
             time.sleep(0.2)  # the client has sent its next request on this connection by now
 
 
