@@ -5,7 +5,9 @@ stream. Every model step advances every active request at once: the next token o
 sequence goes into one ``llama_decode`` call, and the prompt chunks of waiting requests into
 another (``llama_step.StepLoop``): eight streams take about half the time per token that eight
 steps of one would, and a long prompt is prefilled chunk by chunk between decode steps instead of
-starving them.
+starving them. A stream's next step is queued on the step loop's own thread as its token is
+picked (``llama_step.Chain``), up to ``AHEAD`` tokens ahead of the request reading them, so the
+event loop is off the path between two steps of a stream.
 
 Determinism: by default (``deterministic=True``) the context is built so that a token's logits do
 not depend on what else is in its step or how its prompt was chunked (see ``llama_step``). Greedy
@@ -34,7 +36,7 @@ from ragserve.generation.base import (
     completion_budget,
 )
 from ragserve.generation.chat import plain_transcript, render_jinja
-from ragserve.generation.llama_step import CHUNK, Pick, StepLoop, ignore_logits
+from ragserve.generation.llama_step import CHUNK, Chain, Pick, StepLoop, ignore_logits
 from ragserve.generation.models import resolve_gguf
 from ragserve.generation.sampling import Sampler
 from ragserve.generation.streaming import StopTextStream
@@ -44,6 +46,10 @@ from ragserve.generation.tokenizer import tokenizer_identity
 # one-column kernel: a token's logits would change once 8 sequences share a step. ggml reads
 # the switch once per process, before the first matmul, so it is set at import.
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")
+
+# How far a stream's decode steps may run ahead of the request reading them: a slow reader
+# (a busy event loop, a stop string the step loop cannot see) costs at most this many steps.
+AHEAD = 2
 
 
 class _Seq:
@@ -230,38 +236,51 @@ class LlamaCppGenerator:
         del seq.tokens[n:]
         seq.prompt_len = min(seq.prompt_len, n)
 
-    async def _prefill(self, seq: _Seq, tokens: list[int], pick: Pick) -> Any:
+    async def _prefill(
+        self, seq: _Seq, tokens: list[int], pick: Pick, chain: Chain | None = None
+    ) -> Any:
         """Evaluate what the sequence's cache lacks of ``tokens``, a step per piece; ``pick``
-        of the logits after the last."""
+        of the logits after the last (with ``chain``, the last piece starts the chain)."""
         reuse = seq.reusable(tokens)
         if reuse < len(seq.tokens):
             await self._loop.call(self._truncate, seq, reuse)
         pieces = prompt_pieces(reuse, len(tokens))
         for k, (start, stop) in enumerate(pieces):
             last = k == len(pieces) - 1
-            result = await self._eval(seq, tokens[start:stop], pick if last else ignore_logits)
+            pos, future = self._submit(
+                seq, tokens[start:stop], pick if last else ignore_logits, chain if last else None
+            )
+            result = await self._wait(seq, pos, future, chain)
             seq.prompt_len = stop
         self.stats["prompt_tokens"] += len(tokens)
         self.stats["evaluated_tokens"] += len(tokens) - reuse
         return result
 
-    async def _eval(self, seq: _Seq, tokens: list[int], pick: Pick) -> Any:
-        """Append ``tokens`` to the sequence in the next step; ``pick`` of the logits after."""
-        pos, future = self._submit(seq, tokens, pick)
-        return await self._wait(seq, pos, future)
-
-    def _submit(self, seq: _Seq, tokens: list[int], pick: Pick) -> tuple[int, asyncio.Future[Any]]:
+    def _submit(
+        self, seq: _Seq, tokens: list[int], pick: Pick, chain: Chain | None = None
+    ) -> tuple[int, asyncio.Future[Any]]:
         pos = len(seq.tokens)
         seq.tokens.extend(tokens)  # claimed now; undone by _wait if the step never runs them
-        return pos, self._loop.submit(seq.id, pos, tokens, pick)
+        return pos, self._loop.submit(seq.id, pos, tokens, pick, chain)
 
-    async def _wait(self, seq: _Seq, pos: int, future: asyncio.Future[Any]) -> Any:
+    async def _wait(
+        self, seq: _Seq, pos: int, future: asyncio.Future[Any], chain: Chain | None = None
+    ) -> Any:
         try:
             return await future
         except BaseException:
+            if chain is not None:
+                chain.stopped = True  # before the truncation: no step of it runs after
             future.cancel()
             await asyncio.shield(self._loop.call(self._truncate, seq, pos))
             raise
+
+    @staticmethod
+    def _claim(seq: _Seq, token: int, nxt: asyncio.Future[Any]) -> tuple[int, asyncio.Future[Any]]:
+        """The chain's next job appends ``token``: the sequence holds it from now on."""
+        pos = len(seq.tokens)
+        seq.tokens.append(token)
+        return pos, nxt
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp
@@ -286,11 +305,28 @@ class LlamaCppGenerator:
         produced = 0
         finish = "length"
         seq = await self._acquire(ids)
-        pending: tuple[int, asyncio.Future[int]] | None = None
+        made = 0  # tokens picked, counted on the step loop's thread (``produced``: here)
+
+        def follow(token: int) -> list[int] | None:
+            # The next decode job, decided on the step loop's thread as the token is picked;
+            # none while this request lags AHEAD tokens behind (it queues the next itself).
+            nonlocal made
+            made += 1
+            if made >= budget or (not params.ignore_eos and self._is_eog(self._vocab, token)):
+                return None
+            return [token] if made - produced <= AHEAD else None
+
+        chain = Chain(follow)
+        pending: tuple[int, asyncio.Future[Any]] | None = None
         try:
-            # The sampler runs on the step loop's thread, over the logits in place.
-            token = await self._prefill(seq, ids, sample)
-            while produced < budget:
+            # The sampler runs on the step loop's thread, over the logits in place; the next
+            # decode step is queued there too (``Chain``), before this token reaches us.
+            token, nxt = await self._prefill(seq, ids, sample, chain)
+            while True:
+                if nxt is not None:
+                    pending = self._claim(seq, token, nxt)
+                if produced >= budget:
+                    break
                 if not params.ignore_eos and self._is_eog(self._vocab, token):
                     finish = "stop"
                     break
@@ -301,20 +337,19 @@ class LlamaCppGenerator:
                     if text:
                         yield GenerationChunk(text, [token])
                     break
-                # Queue the next step before handing the token out, and let every other
-                # sequence the last step woke queue too: the step then runs on the worker
-                # thread while the event loop sends this token to the client.
-                if produced < budget:
-                    pending = self._submit(seq, [token], sample)
-                    await asyncio.sleep(0)
                 yield GenerationChunk(text, [token])
-                if pending is not None:
-                    token = await self._wait(seq, *pending)
-                    pending = None
-                    self.stats["evaluated_tokens"] += 1
+                if produced >= budget:
+                    break
+                if pending is None:  # the chain waited for us
+                    pending = self._submit(seq, [token], sample, chain)
+                token, nxt = await self._wait(seq, *pending, chain)
+                pending = None
+                self.stats["evaluated_tokens"] += 1
         finally:
+            chain.stopped = True
             if pending is not None and not pending[1].done():
                 pending[1].cancel()
+            if pending is not None:  # evaluated or not, its cells go
                 await asyncio.shield(self._loop.call(self._truncate, seq, pending[0]))
             self._release(seq)
         tail = stream.flush()

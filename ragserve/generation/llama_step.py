@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,16 +86,51 @@ class _Failed:
     error: Exception
 
 
+class Chain:
+    """A request's decode steps, continued on the worker thread as soon as a token is picked.
+
+    ``follow(result)`` runs there on each pick's result and gives the tokens of the next job
+    (the picked token) or ``None`` (end of generation, budget spent). The event loop is then
+    off the path between two steps of a stream: no thread hand-off back to it for the next
+    submission, and none back to the worker for the launch (together about a millisecond a
+    token on a busy 2-core host, where llama.cpp's decode of the bundled model takes 16).
+    ``stopped`` is set by the request before it truncates its cache: no step of the chain
+    runs after that truncation, since the worker checks it before every step.
+    """
+
+    def __init__(self, follow: Callable[[Any], Sequence[int] | None]):
+        self.follow = follow
+        self.stopped = False
+
+
 @dataclass
 class Job:
     """Append ``tokens`` to sequence ``seq`` at ``pos``; resolves to ``pick`` of the logits
-    after the last token."""
+    after the last token, or with a ``chain`` to ``(pick's result, the next job's future or
+    None)``."""
 
     seq: int
     pos: int
     tokens: list[int]
     future: asyncio.Future[Any]
     pick: Pick
+    chain: Chain | None = None
+
+    def live(self) -> bool:
+        return not (
+            self.future.done()
+            or self.future.get_loop().is_closed()
+            or (self.chain is not None and self.chain.stopped)
+        )
+
+
+@dataclass
+class _Call:
+    """A function to run on the worker thread between steps (cache edits, closing)."""
+
+    fn: Callable  # type: ignore[type-arg]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
 
 
 def _settle(job: Job, result: Any) -> None:
@@ -108,6 +143,25 @@ def _settle(job: Job, result: Any) -> None:
         job.future.set_result(result)
 
 
+def _settle_all(pairs: list[tuple[Job, Any]]) -> None:
+    for job, result in pairs:
+        _settle(job, result)
+
+
+def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:  # type: ignore[type-arg]
+    with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits
+        loop.call_soon_threadsafe(fn, *args)
+
+
 @dataclass
 class StepStats:
     steps: int = 0
@@ -117,11 +171,13 @@ class StepStats:
 
 
 class StepLoop:
-    """Batches jobs from many requests into model steps on one worker thread.
+    """Batches jobs from many requests into model steps on one worker thread of its own.
 
-    llama.cpp is not thread-safe, so every call into the context happens on ``executor``. The
-    event loop only queues jobs and resolves futures; a step is launched when the previous one
-    has finished and the requests it woke have queued their next tokens.
+    llama.cpp is not thread-safe, so every call into the context happens on that thread. The
+    event loop queues jobs and calls; what one loop iteration queues reaches the worker at once
+    (``_flush``), so requests that arrive together, or that one step woke, share the next step.
+    The worker runs calls between steps, and goes on with the next step as soon as one ends:
+    chained jobs (``Chain``) are ready then, and jobs the event loop queued meanwhile join.
     """
 
     def __init__(self, ctx, batch, n_vocab: int, max_batch: int):  # type: ignore[no-untyped-def]
@@ -129,42 +185,101 @@ class StepLoop:
         self.batch = batch  # a llama_batch of max_batch tokens, one sequence id each
         self.n_vocab = n_vocab
         self.max_batch = max_batch
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="llama")
         self.stats = StepStats()
-        self._pending: list[Job] = []
-        self._running: asyncio.AbstractEventLoop | None = None  # the loop awaiting the step
-        self._scheduled: asyncio.AbstractEventLoop | None = None  # a launch is queued there
+        self._outbox: list[Job | _Call] = []  # event-loop side, until the iteration's flush
+        self._flushing: asyncio.AbstractEventLoop | None = None  # a flush is queued there
+        self._cv = threading.Condition()
+        self._inbox: list[Job | _Call] = []  # handed over, guarded by _cv
+        self._closing = False
+        self._ready: list[Job] = []  # worker side: jobs for the coming steps, in arrival order
+        self._thread = threading.Thread(target=self._run, name="llama-steps", daemon=True)
+        self._thread.start()
 
     # -- event-loop side --
 
-    def submit(self, seq: int, pos: int, tokens: Sequence[int], pick: Pick) -> asyncio.Future[Any]:
+    def submit(
+        self, seq: int, pos: int, tokens: Sequence[int], pick: Pick, chain: Chain | None = None
+    ) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
-        job = Job(seq, pos, list(tokens), loop.create_future(), pick)
-        self._pending.append(job)
-        self._schedule(loop)
+        job = Job(seq, pos, list(tokens), loop.create_future(), pick, chain)
+        self._queue(loop, job)
         return job.future
 
     async def call(self, fn: Callable, *args):  # type: ignore[no-untyped-def, type-arg]
         """Run ``fn`` on the worker thread between steps (cache edits, closing)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        loop = asyncio.get_running_loop()
+        item = _Call(fn, args, loop.create_future())
+        self._queue(loop, item)
+        return await item.future
 
-    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        # call_soon, not a direct launch: requests woken by the last step queue their next
-        # token in the callbacks already scheduled, so they all make the same step.
-        # An event loop that ended mid-step (or before its launch ran) never hears back.
-        if self._running is not None and self._running.is_closed():
-            self._running = None
-        if self._scheduled is not None and self._scheduled.is_closed():
-            self._scheduled = None
-        if self._running is None and self._scheduled is None:
-            self._scheduled = loop
-            loop.call_soon(self._launch)
+    def _queue(self, loop: asyncio.AbstractEventLoop, item: Job | _Call) -> None:
+        self._outbox.append(item)
+        # call_soon, not at once: requests woken in this iteration queue their jobs in the
+        # callbacks already scheduled, and the worker gets them all together. A loop that
+        # ended before its flush ran never flushes: the next one does.
+        if self._flushing is None or self._flushing.is_closed():
+            self._flushing = loop
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = None
+        items, self._outbox = self._outbox, []
+        with self._cv:
+            self._inbox.extend(items)
+            self._cv.notify()
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join()
+
+    # -- worker-thread side --
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._inbox or self._closing or any(j.live() for j in self._ready)):
+                    self._ready.clear()  # only dead jobs left
+                    self._cv.wait()
+                items, self._inbox = self._inbox, []
+                closing = self._closing
+            for item in items:
+                if isinstance(item, _Call):
+                    self._run_call(item)
+                else:
+                    self._ready.append(item)
+            if closing and not items:
+                return
+            jobs = self._take()
+            if not jobs:
+                continue
+            try:
+                self._step(jobs)
+            except Exception as e:  # llama_decode failed: every job of the step hears of it
+                failed = _Failed(e)
+                self._deliver([(j, failed) for j in jobs if not j.future.done()])
+
+    def _run_call(self, call: _Call) -> None:
+        loop = call.future.get_loop()
+        try:
+            result = call.fn(*call.args)
+        except Exception as e:
+            _post(loop, _answer, call.future, None, e)
+        else:
+            _post(loop, _answer, call.future, result, None)
+
+    def _deliver(self, pairs: list[tuple[Job, Any]]) -> None:
+        """Results to their event loops, one callback per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+        for job, result in pairs:
+            by_loop.setdefault(job.future.get_loop(), []).append((job, result))
+        for loop, some in by_loop.items():
+            _post(loop, _settle_all, some)
 
     def _take(self) -> list[Job]:
-        # Cancelled requests, and those of an event loop that has ended, drop out.
-        live = [
-            j for j in self._pending if not j.future.done() and not j.future.get_loop().is_closed()
-        ]
+        # Cancelled requests, stopped chains, and those of an event loop that has ended, drop.
+        live = [j for j in self._ready if j.live()]
         decodes = [j for j in live if len(j.tokens) == 1]
         take = decodes[: self.max_batch - CHUNK]
         # Prompt pieces, first come first served, up to CHUNK tokens a step (one piece at
@@ -177,37 +292,25 @@ class StepLoop:
             take.append(job)
             budget -= len(job.tokens)
         taken = {id(j) for j in take}
-        self._pending = [j for j in live if id(j) not in taken]
+        self._ready = [j for j in live if id(j) not in taken]
         return take
 
-    def _launch(self) -> None:
-        self._scheduled = None
-        if self._running is not None:
-            return
-        jobs = self._take()
-        if not jobs:
-            return
-        loop = asyncio.get_running_loop()
-        self._running = loop
-        done = loop.run_in_executor(self.executor, self._step, jobs, loop)
-        done.add_done_callback(lambda f: self._finish(loop, jobs, f))
+    def _follow(self, job: Job, result: Any) -> Any:
+        """A chained job's result with the next job of its chain, made ready for the next step."""
+        chain = job.chain
+        if chain is None or isinstance(result, _Failed):
+            return result
+        tokens = None if chain.stopped or job.future.done() else chain.follow(result)
+        if not tokens:
+            return (result, None)
+        nxt = Job(
+            job.seq, job.pos + len(job.tokens), list(tokens),
+            asyncio.Future(loop=job.future.get_loop()), job.pick, chain,
+        )  # fmt: skip
+        self._ready.append(nxt)
+        return (result, nxt.future)
 
-    def _finish(self, loop, jobs: list[Job], done: asyncio.Future) -> None:  # type: ignore[no-untyped-def, type-arg]
-        self._running = None
-        error = done.exception()
-        results = None if error else done.result()
-        for i, job in enumerate(jobs):
-            if error is not None:
-                if not job.future.done():
-                    job.future.set_exception(error)
-            else:
-                _settle(job, results[i])
-        if self._pending:
-            self._schedule(loop)
-
-    # -- worker-thread side --
-
-    def _step(self, jobs: list[Job], loop: asyncio.AbstractEventLoop) -> list[Any]:
+    def _step(self, jobs: list[Job]) -> None:
         """The prompt pieces in calls of equal shares (``prompt_calls``), one run of
         consecutive sequence ids at a time, then the decode tokens in one call.
 
@@ -217,13 +320,6 @@ class StepLoop:
         to its request as soon as its call ends, before the decode call: time to first
         token is one pass shorter, and the step takes as long as before.
         """
-        out: list[Any] = [None] * len(jobs)
-
-        def deliver(i: int, result: Any) -> None:
-            out[i] = result
-            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody waits
-                loop.call_soon_threadsafe(_settle, jobs[i], result)
-
         prompts = sorted(
             (i for i, j in enumerate(jobs) if len(j.tokens) > 1), key=lambda i: jobs[i].seq
         )
@@ -231,17 +327,20 @@ class StepLoop:
             group = [prompts[k] for k in run]  # indices into jobs
             for call in prompt_calls([len(jobs[i].tokens) for i in group]):
                 picked = self._decode([(jobs[group[k]], a, b) for k, a, b in call])
-                for (k, _, _), result in zip(call, picked, strict=True):
-                    if result is not _UNREAD:
-                        deliver(group[k], result)
-        decodes = [i for i, j in enumerate(jobs) if len(j.tokens) == 1]
+                done = [
+                    (jobs[group[k]], self._follow(jobs[group[k]], result))
+                    for (k, _, _), result in zip(call, picked, strict=True)
+                    if result is not _UNREAD
+                ]
+                self._deliver(done)
+        decodes = [j for j in jobs if len(j.tokens) == 1]
         if decodes:
-            picked = self._decode([(jobs[i], 0, 1) for i in decodes])
-            for i, result in zip(decodes, picked, strict=True):
-                out[i] = result
+            picked = self._decode([(j, 0, 1) for j in decodes])
+            self._deliver(
+                [(j, self._follow(j, result)) for j, result in zip(decodes, picked, strict=True)]
+            )
         self.stats.steps += 1
         self.stats.widths[len(jobs)] = self.stats.widths.get(len(jobs), 0) + 1
-        return out
 
     def _decode(self, pieces: list[tuple[Job, int, int]]) -> list[Any]:
         """One ``llama_decode`` call over ``job.tokens[start:stop]`` of each piece, sequences
@@ -282,6 +381,3 @@ class StepLoop:
             except Exception as e:  # handed to the job's own request, not the step
                 out.append(_Failed(e))
         return out
-
-    def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)

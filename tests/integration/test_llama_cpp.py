@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 
 import llama_cpp
 import pytest
 
 from ragserve.errors import ContextLengthError, InputError, NotFoundError
 from ragserve.generation.base import SamplingParams
-from ragserve.generation.llama_cpp import LlamaCppGenerator
+from ragserve.generation.llama_cpp import AHEAD, LlamaCppGenerator
 
 pytestmark = pytest.mark.integration
 
@@ -339,3 +340,44 @@ def test_a_prompt_gets_its_first_token_before_the_step_decodes(
     order, step_count = asyncio.run(run())
     assert step_count == 1  # one step held both
     assert order == ["prompt", "decode"]
+
+
+def test_a_stream_decodes_on_while_its_reader_is_busy_but_not_far_ahead(
+    generator: LlamaCppGenerator,
+) -> None:
+    """The next decode step is queued on the step loop's thread (``Chain``): with the event
+    loop blocked, the stream still takes steps, at most ``AHEAD`` past what was read; then it
+    goes on through the event loop, and the tokens are those of an undisturbed run."""
+    prompt, params = "A short history of the Python language:", SamplingParams(max_tokens=24)
+
+    async def run() -> tuple[list[int], list[int], int]:
+        alone = (await collect(generator, prompt, params))[1]
+        tokens: list[int] = []
+        during = 0
+        async for chunk in generator.generate(prompt, params):
+            tokens += chunk.token_ids
+            if len(tokens) == 3:
+                before = generator.step_stats.decode_calls
+                time.sleep(0.6)  # blocks the event loop, not the step loop
+                during = generator.step_stats.decode_calls - before
+        return alone, tokens, during
+
+    alone, tokens, during = asyncio.run(run())
+    assert 2 <= during <= AHEAD + 1
+    assert tokens == alone
+
+
+def test_a_stop_string_ends_the_chain_and_its_cells(generator: LlamaCppGenerator) -> None:
+    """A stop string the step loop cannot see: the steps it ran past it are undone."""
+    prompt = "Count: one, two, three, four, five, six, seven"
+
+    async def run() -> tuple[str, str]:
+        full = (await collect(generator, prompt, SamplingParams(max_tokens=16)))[0]
+        stop = full.strip().split()[2]  # a word a few tokens in
+        cut = (await collect(generator, prompt, SamplingParams(max_tokens=16, stop=(stop,))))[0]
+        return full, cut
+
+    full, cut = asyncio.run(run())
+    assert full.startswith(cut) and len(cut) < len(full)
+    cells = _cells(generator)
+    assert all(held == believed for held, believed in cells), cells
