@@ -9,7 +9,8 @@ and inter-token latency p50/p99, outputs equal to the same request run alone):
 
 - equal work: every stream generates exactly 128 tokens (``ignore_eos``) from the same prompt
   text, ragserve's backend in this process (both modes) against llama-server's
-  ``/v1/completions``;
+  ``/v1/completions``, all three up at once and measured back to back at each level, repeated
+  (``--repeats``) with ratios paired within a repeat, as this shared host drifts;
 - as a user sees it: ``/v1/chat/completions`` on both servers. The work differs here: ragserve's
   answers stop at the end of generation or their first repeat, llama-server's chat runs its
   ChatML template on to 128 tokens, so the mean tokens per stream is reported beside each rate.
@@ -27,6 +28,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -204,36 +206,83 @@ def row(n: int, res: list, wall: float, solo: list) -> dict[str, Any]:  # type: 
     }
 
 
-async def equal_work_levels(kind: str, url: str | None = None) -> list[dict[str, Any]]:
-    """128 tokens per stream whatever the model would say: ragserve's backend or llama-server."""
+def equal_work_prompts() -> list[str]:
+    """The text ragserve's chat route gives the bundled model (its GGUF has no chat template)."""
     from ragserve.generation.chat import plain_transcript
+
+    asks = [f"Explain {t} in Python with a short example." for t in TOPICS]
+    return [plain_transcript([{"role": "user", "content": a}]) for a in asks]
+
+
+async def equal_work(kinds: list[str], port: int, out: Path, repeats: int) -> dict[str, list]:  # type: ignore[type-arg]
+    """128 tokens per stream whatever the model would say, every kind up at once.
+
+    Each repeat goes over the levels with the kinds back to back at each, the first one
+    rotating, so a slow minute of this shared host weighs on every kind of that level, not on
+    one; each row carries its repeat, and the ratios pair rows of one repeat and level.
+    """
     from ragserve.generation.llama_cpp import LlamaCppGenerator
 
-    # The text ragserve's chat route gives the bundled model (its GGUF has no chat template).
-    prompts = [plain_transcript([{"role": "user", "content": f"Explain {t} in Python with a "
-                                  "short example."}]) for t in TOPICS]  # fmt: skip
-    gen = None
-    if url is None:
-        gen = LlamaCppGenerator(
-            n_ctx=4096, slots=8, n_threads=os.cpu_count(), deterministic=kind == "backend"
-        )
-    async with httpx.AsyncClient(timeout=600) as client:
+    prompts = equal_work_prompts()
+    gens: dict[str, Any] = {}
+    proc = None
+    url = f"http://127.0.0.1:{port}"
+    if "llama-server" in kinds:
+        proc = start("llama-server", port, out / ".llama-server.log")
+    try:
+        for kind in kinds:
+            if kind in BACKENDS:
+                gens[kind] = LlamaCppGenerator(
+                    n_ctx=4096, slots=8, n_threads=os.cpu_count(), deterministic=kind == "backend"
+                )
+        if proc is not None:
+            wait_ready(url, proc)
+        async with httpx.AsyncClient(timeout=600) as client:
 
-        async def one_stream(p: str):  # type: ignore[no-untyped-def]
-            if url is None:
-                return await one_backend(gen, p, 128)
-            return await one_completion(client, url, p, 128)
+            async def one_stream(kind: str, p: str):  # type: ignore[no-untyped-def]
+                if kind in gens:
+                    return await one_backend(gens[kind], p, 128)
+                return await one_completion(client, url, p, 128)
 
-        solo = [(await one_stream(p))[0] for p in prompts]
-        rows = []
-        for n in LEVELS:
-            t = time.perf_counter()
-            res = await asyncio.gather(*(one_stream(p) for p in prompts[:n]))
-            rows.append(row(n, res, time.perf_counter() - t, solo))
-            print(kind, "equal work", rows[-1], flush=True)
-    if gen is not None:
-        await gen.aclose()
+            solo = {k: [(await one_stream(k, p))[0] for p in prompts] for k in kinds}
+            rows: dict[str, list] = {k: [] for k in kinds}  # type: ignore[type-arg]
+            for rep in range(repeats):
+                for i, n in enumerate(LEVELS):
+                    shift = (rep + i) % len(kinds)
+                    for kind in kinds[shift:] + kinds[:shift]:
+                        t = time.perf_counter()
+                        res = await asyncio.gather(*(one_stream(kind, p) for p in prompts[:n]))
+                        r = row(n, res, time.perf_counter() - t, solo[kind])
+                        rows[kind].append({**r, "repeat": rep})
+                        print(kind, "equal work", rows[kind][-1], flush=True)
+    finally:
+        for gen in gens.values():
+            await gen.aclose()
+        if proc is not None:
+            stop(proc)
+    if "llama-server" in kinds:
+        ref = {(r["streams"], r["repeat"]): r for r in rows["llama-server"]}
+        for kind in kinds:
+            for r in rows[kind]:
+                base = ref[r["streams"], r["repeat"]]
+                r["vs_llama_server"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
     return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per level: the median over repeats of each number (the paired ratio among them)."""
+    out = []
+    for n in LEVELS:
+        some = [r for r in rows if r["streams"] == n]
+        if not some:
+            continue
+        med = {k: statistics.median(r[k] for r in some) for k in some[0] if k not in ("repeat",)}
+        med["equal_to_solo"] = sum(r["equal_to_solo"] for r in some)
+        med["outputs"] = sum(r["outputs"] for r in some)
+        if "vs_llama_server" in some[0]:
+            med["vs_llama_server_each"] = [r["vs_llama_server"] for r in some]
+        out.append(med)
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -287,26 +336,24 @@ async def random_arrivals(url: str, kind: str, n: int = 100) -> dict[str, Any]:
     return {"prompts": n, "equal_to_solo": same}
 
 
-async def measure(kind: str, port: int, out: Path, equal_only: bool) -> dict[str, Any]:
-    if kind in BACKENDS:
-        return {"equal_work": await equal_work_levels(kind)}
+def stop(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def measure(kind: str, port: int, out: Path) -> dict[str, Any]:
+    """The chat levels and the random arrivals of one server (over HTTP, one server up)."""
     url = f"http://127.0.0.1:{port}"
     proc = start(kind, port, out / f".{kind}.log")
     try:
         wait_ready(url, proc)
-        res: dict[str, Any] = {}
-        if kind == "llama-server":
-            res["equal_work"] = await equal_work_levels(kind, url)
-        if not equal_only:
-            res["levels"] = await levels(url, kind)
-            res["random_arrivals"] = await random_arrivals(url, kind)
-        return res
+        chat = await levels(url, kind)
+        return {"levels": chat, "random_arrivals": await random_arrivals(url, kind)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 BACKENDS = ("backend", "backend-fast")
@@ -320,20 +367,22 @@ LABELS = {
 }
 
 
-def table(res: dict[str, Any], part: str, kinds: tuple[str, ...]) -> list[str]:
+def table(rows: dict[str, list[dict[str, Any]]], kinds: tuple[str, ...]) -> list[str]:
     lines = [
         "| streams | server | tok/s | vs llama-server | tokens per stream | TTFT p50/p99 s "
         "| ITL p50/p99 ms | equal to solo |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    servers = res["servers"]
-    ref = {r["streams"]: r for r in servers["llama-server"][part]}
+    ref = {r["streams"]: r for r in rows["llama-server"]}
     for n in LEVELS:
         for kind in kinds:
-            r = next(x for x in servers[kind][part] if x["streams"] == n)
-            ratio = r["tokens_per_s"] / ref[n]["tokens_per_s"]
+            r = next(x for x in rows[kind] if x["streams"] == n)
+            ratio = f"{r['tokens_per_s'] / ref[n]['tokens_per_s']:.2f}×"
+            if "vs_llama_server_each" in r:
+                each = ", ".join(map(str, r["vs_llama_server_each"]))
+                ratio = f"{r['vs_llama_server']:.2f}× ({each})"
             lines.append(
-                f"| {n} | {LABELS[kind]} | {r['tokens_per_s']} | {ratio:.2f}× | "
+                f"| {n} | {LABELS[kind]} | {r['tokens_per_s']} | {ratio} | "
                 f"{r.get('mean_tokens', '-')} | {r['ttft_p50_s']}/{r['ttft_p99_s']} | "
                 f"{r['itl_p50_ms']}/{r['itl_p99_ms']} | {r['equal_to_solo']}/{r['outputs']} |"
             )
@@ -341,28 +390,35 @@ def table(res: dict[str, Any], part: str, kinds: tuple[str, ...]) -> list[str]:
 
 
 def markdown(res: dict[str, Any]) -> str:
+    servers = res["servers"]
+    ew = res["equal_work"]
     lines = [
         "## Concurrent greedy streams (issue 10)",
         "",
         f"Machine: {res['machine']}, {res['cores']} cores; bundled Gemma 3 270M Q4_K_M; "
         f"llama.cpp from llama-cpp-python {res['llama_cpp_python']}; temperature 0, 128 tokens "
-        "at most; one run, side by side. Run with `python -m benchmarks.concurrency`.",
+        "at most. Run with `python -m benchmarks.concurrency`.",
         "",
         "### Equal work",
         "",
         "Every stream generates exactly 128 tokens (`ignore_eos`) from the same prompt text: "
         "ragserve's batched backend called in the benchmark's process, llama-server over "
-        "`/v1/completions` on 127.0.0.1.",
+        f"`/v1/completions` on 127.0.0.1. All three are up at once; {ew['repeats']} repeats, "
+        "each going over the levels with the three back to back at each level (the first one "
+        "rotating). Numbers are medians over the repeats; the ratio to llama-server is paired "
+        "within a repeat and level, each repeat's ratio in brackets; equal to solo counts every "
+        "output of every repeat.",
         "",
-        *table(res, "equal_work", ("backend", "backend-fast", "llama-server")),
+        *table(ew["summary"], ("backend", "backend-fast", "llama-server")),
         "",
         "### As a user sees it",
         "",
-        "`/v1/chat/completions`, streaming, over HTTP. The work differs: ragserve's answers end "
-        "at the end of generation or at their first repeated sentence; llama-server applies a "
-        "ChatML template the model does not know and runs on to 128 tokens every time.",
+        "`/v1/chat/completions`, streaming, over HTTP, one server up at a time, one pass. The "
+        "work differs: ragserve's answers end at the end of generation or at their first "
+        "repeated sentence; llama-server applies a ChatML template the model does not know and "
+        "runs on to 128 tokens every time.",
         "",
-        *table(res, "levels", KINDS),
+        *table({k: servers[k]["levels"] for k in KINDS}, KINDS),
         "",
         "Mixed-length prompts (0 to ~60 filler sentences), 32 tokens each, arriving in random "
         "order over ~10 s, each compared with the same request run alone:",
@@ -371,7 +427,7 @@ def markdown(res: dict[str, Any]) -> str:
         "|---|---|",
     ]
     for kind in KINDS:
-        ra = res["servers"][kind]["random_arrivals"]
+        ra = servers[kind]["random_arrivals"]
         lines.append(f"| {LABELS[kind]} | {ra['equal_to_solo']}/{ra['prompts']} |")
     return "\n".join(lines) + "\n"
 
@@ -381,19 +437,19 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument(
         "--kinds",
-        default=",".join((*BACKENDS, *KINDS)),
-        help="servers to (re)measure; others keep their numbers",
+        default=",".join(KINDS),
+        help="servers whose chat levels and random arrivals to (re)measure; others keep theirs",
     )
+    parser.add_argument("--repeats", type=int, default=3, help="equal-work repeats")
     parser.add_argument(
         "--equal-work-only", action="store_true", help="skip the chat levels and random arrivals"
     )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if "llama-server" in args.kinds:
-        if shutil.which("cmake") is None:
-            sys.exit("cmake is needed to build llama-server")
-        build_llama_server()  # before any server runs, so the build never overlaps a measurement
+    if shutil.which("cmake") is None:
+        sys.exit("cmake is needed to build llama-server")
+    build_llama_server()  # before any server runs, so the build never overlaps a measurement
     path = out / "concurrency.json"
     res: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"servers": {}}
     res.update({
@@ -403,10 +459,20 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
     })  # fmt: skip
     port = 18500 + os.getpid() % 500
-    for kind in args.kinds.split(","):
-        part = asyncio.run(measure(kind, port, out, args.equal_work_only))
-        res["servers"].setdefault(kind, {}).update(part)
-        (out / "concurrency.json").write_text(json.dumps(res, indent=2) + "\n")
+    kinds = [*BACKENDS, "llama-server"]
+    rows = asyncio.run(equal_work(kinds, port, out, args.repeats))
+    res["equal_work"] = {
+        "repeats": args.repeats,
+        "summary": {k: summary(v) for k, v in rows.items()},
+        "rows": rows,
+    }
+    for part in res["servers"].values():
+        part.pop("equal_work", None)  # the earlier one-pass layout
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    if not args.equal_work_only:
+        for kind in args.kinds.split(","):
+            res["servers"].setdefault(kind, {}).update(asyncio.run(measure(kind, port, out)))
+            path.write_text(json.dumps(res, indent=2) + "\n")
     (out / "concurrency.md").write_text(markdown(res))
     print(markdown(res))
 
