@@ -347,9 +347,8 @@ class LlamaCppGenerator:
                 self.stats["evaluated_tokens"] += 1
         finally:
             chain.stopped = True
-            if pending is not None and not pending[1].done():
-                pending[1].cancel()
             if pending is not None:  # evaluated or not, its cells go
+                pending[1].cancel()  # a no-op once it is done
                 await asyncio.shield(self._loop.call(self._truncate, seq, pending[0]))
             self._release(seq)
         tail = stream.flush()

@@ -133,28 +133,20 @@ class _Call:
     future: asyncio.Future[Any]
 
 
-def _settle(job: Job, result: Any) -> None:
-    """Resolve ``job`` with its pick's result (on the event loop), unless it is already done."""
-    if job.future.done():
-        return
-    if isinstance(result, _Failed):
-        job.future.set_exception(result.error)
-    else:
-        job.future.set_result(result)
-
-
-def _settle_all(pairs: list[tuple[Job, Any]]) -> None:
-    for job, result in pairs:
-        _settle(job, result)
-
-
-def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    """Resolve ``future`` with a result or a ``_Failed`` (on its event loop), unless it is
+    already done."""
     if future.done():
         return
-    if error is not None:
-        future.set_exception(error)
+    if isinstance(result, _Failed):
+        future.set_exception(result.error)
     else:
         future.set_result(result)
+
+
+def _settle_all(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in pairs:
+        _settle(future, result)
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: Callable, *args: Any) -> None:  # type: ignore[type-arg]
@@ -261,19 +253,17 @@ class StepLoop:
                 self._deliver([(j, failed) for j in jobs if not j.future.done()])
 
     def _run_call(self, call: _Call) -> None:
-        loop = call.future.get_loop()
         try:
             result = call.fn(*call.args)
         except Exception as e:
-            _post(loop, _answer, call.future, None, e)
-        else:
-            _post(loop, _answer, call.future, result, None)
+            result = _Failed(e)
+        _post(call.future.get_loop(), _settle, call.future, result)
 
     def _deliver(self, pairs: list[tuple[Job, Any]]) -> None:
         """Results to their event loops, one callback per loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Any]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for job, result in pairs:
-            by_loop.setdefault(job.future.get_loop(), []).append((job, result))
+            by_loop.setdefault(job.future.get_loop(), []).append((job.future, result))
         for loop, some in by_loop.items():
             _post(loop, _settle_all, some)
 
