@@ -236,6 +236,23 @@ class LlamaCppGenerator:
         del seq.tokens[n:]
         seq.prompt_len = min(seq.prompt_len, n)
 
+    async def _cut(self, seq: _Seq, n: int) -> None:
+        """Truncate ``seq`` at ``n`` and wait until the worker has, even through a cancellation
+        (raised once the cut is done). A request hands its sequence back only after its cuts ran:
+        a cut still queued then would land on the next request's cache (seen: a cancelled
+        request's cut shortened the prompt its successor had planned on, and llama.cpp refused
+        the successor's step for positions that no longer followed on)."""
+        done = self._loop.queue_call(self._truncate, seq, n)
+        cancelled = False
+        while not done.done():
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                cancelled = True
+        done.result()  # a failed cut raises here
+        if cancelled:
+            raise asyncio.CancelledError
+
     async def _prefill(
         self, seq: _Seq, tokens: list[int], pick: Pick, chain: Chain | None = None
     ) -> Any:
@@ -243,7 +260,7 @@ class LlamaCppGenerator:
         of the logits after the last (with ``chain``, the last piece starts the chain)."""
         reuse = seq.reusable(tokens)
         if reuse < len(seq.tokens):
-            await self._loop.call(self._truncate, seq, reuse)
+            await self._cut(seq, reuse)
         pieces = prompt_pieces(reuse, len(tokens))
         for k, (start, stop) in enumerate(pieces):
             last = k == len(pieces) - 1
@@ -272,7 +289,7 @@ class LlamaCppGenerator:
             if chain is not None:
                 chain.stopped = True  # before the truncation: no step of it runs after
             future.cancel()
-            await asyncio.shield(self._loop.call(self._truncate, seq, pos))
+            await self._cut(seq, pos)
             raise
 
     @staticmethod
@@ -349,8 +366,12 @@ class LlamaCppGenerator:
             chain.stopped = True
             if pending is not None:  # evaluated or not, its cells go
                 pending[1].cancel()  # a no-op once it is done
-                await asyncio.shield(self._loop.call(self._truncate, seq, pending[0]))
-            self._release(seq)
+                try:
+                    await self._cut(seq, pending[0])
+                finally:
+                    self._release(seq)
+            else:
+                self._release(seq)
         tail = stream.flush()
         yield GenerationChunk(tail, [], finish, Usage(len(ids), produced))
 
@@ -388,7 +409,13 @@ class LlamaCppGenerator:
         """Forget the prompts idle sequences hold (as vLLM's method of that name): a benchmark
         starts each run cold, not on the cache of the run before it."""
         for seq in list(self._free):
-            await self._loop.call(self._truncate, seq, 0)
+            if seq not in self._free:  # a request took it meanwhile: its cache is not ours
+                continue
+            self._free.remove(seq)
+            try:
+                await self._cut(seq, 0)
+            finally:
+                self._release(seq)
         if self._tree is not None:
             await self._loop.call(self._tree.forget)
 

@@ -199,10 +199,14 @@ class StepLoop:
 
     async def call(self, fn: Callable, *args):  # type: ignore[no-untyped-def, type-arg]
         """Run ``fn`` on the worker thread between steps (cache edits, closing)."""
+        return await self.queue_call(fn, *args)
+
+    def queue_call(self, fn: Callable, *args: Any) -> asyncio.Future[Any]:  # type: ignore[type-arg]
+        """``call`` without waiting: queued calls run in order, whoever waits for them or not."""
         loop = asyncio.get_running_loop()
         item = _Call(fn, args, loop.create_future())
         self._queue(loop, item)
-        return await item.future
+        return item.future
 
     def _queue(self, loop: asyncio.AbstractEventLoop, item: Job | _Call) -> None:
         self._outbox.append(item)

@@ -130,8 +130,11 @@ class Deadline:
         )
 
     async def within(self, work: Awaitable[T]) -> T:
+        # ``asyncio.timeout``, not ``wait_for``: this wraps every token of a stream, and
+        # ``wait_for`` makes a task per call; the timeout cancels the awaiting task itself.
         try:
-            return await asyncio.wait_for(work, max(self.at - time.monotonic(), 0))
+            async with asyncio.timeout(max(self.at - time.monotonic(), 0)):
+                return await work
         except TimeoutError:
             raise self.error() from None
 

@@ -234,6 +234,34 @@ def test_cancelled_streams_free_their_sequences_and_cells(generator: LlamaCppGen
     assert all(held <= generator.context_length for held, _ in cells)
 
 
+def test_a_request_cancelled_during_its_cache_cut_hands_its_sequence_back_after_it(
+    generator: LlamaCppGenerator,
+) -> None:
+    """The race CI hit: a request queues a cut of its sequence's cached prompt, is cancelled
+    while the cut waits behind the worker, and the next request takes that sequence. The cut
+    must run before the hand-over, not on the successor's cache."""
+    base = "Python notes. " * 20
+    first, second, third = (f"{base} item {n}" for n in (10, 5, 12))
+    params = SamplingParams(max_tokens=6)
+
+    async def run() -> tuple[list[int], list[int]]:
+        solo = (await collect(generator, third, params))[1]
+        await generator.reset_prefix_cache()
+        await collect(generator, first, params)  # a sequence now caches the shared prefix
+        hold = asyncio.ensure_future(generator._loop.call(time.sleep, 0.4))  # worker busy
+        cut = asyncio.ensure_future(collect(generator, second, params))
+        await asyncio.sleep(0.05)  # it took that sequence and queued a cut behind the sleep
+        cut.cancel()
+        after = asyncio.ensure_future(collect(generator, third, params))
+        await asyncio.gather(cut, hold, return_exceptions=True)
+        return solo, (await after)[1]
+
+    solo, after = asyncio.run(run())
+    assert after == solo
+    assert len(generator._free) == len(generator._seqs)
+    assert all(held == believed for held, believed in _cells(generator))
+
+
 def test_a_bad_request_does_not_disturb_its_batch(generator: LlamaCppGenerator) -> None:
     prompts = mixed_prompts(4)
     params = SamplingParams(max_tokens=10)
