@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import write_results
 from benchmarks.operations import pct
 from ragserve.indexing import build_from_file, load_index
 from ragserve.retrieval.shards import ShardOptions
@@ -137,10 +138,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
     res = run(args.data, args.queries, args.k)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "shards.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "shards.md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(args.out, "shards", res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import write_results
 from benchmarks.shards import queries
 from ragserve.corpus.documents import Document
 from ragserve.corpus.loaders import load_corpus
@@ -179,10 +180,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
     res = run(args.data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sizing.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / "sizing.md").write_text(markdown(res))
-    print(markdown(res))
+    write_results(args.out, "sizing", res, markdown(res))
 
 
 if __name__ == "__main__":
