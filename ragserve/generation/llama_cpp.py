@@ -243,15 +243,15 @@ class LlamaCppGenerator:
         request's cut shortened the prompt its successor had planned on, and llama.cpp refused
         the successor's step for positions that no longer followed on)."""
         done = self._loop.queue_call(self._truncate, seq, n)
-        cancelled = False
+        cancelled: asyncio.CancelledError | None = None
         while not done.done():
             try:
                 await asyncio.shield(done)
-            except asyncio.CancelledError:
-                cancelled = True
+            except asyncio.CancelledError as e:
+                cancelled = e
         done.result()  # a failed cut raises here
-        if cancelled:
-            raise asyncio.CancelledError
+        if cancelled is not None:
+            raise cancelled
 
     async def _prefill(
         self, seq: _Seq, tokens: list[int], pick: Pick, chain: Chain | None = None
@@ -364,13 +364,11 @@ class LlamaCppGenerator:
                 self.stats["evaluated_tokens"] += 1
         finally:
             chain.stopped = True
-            if pending is not None:  # evaluated or not, its cells go
-                pending[1].cancel()  # a no-op once it is done
-                try:
+            try:
+                if pending is not None:  # evaluated or not, its cells go
+                    pending[1].cancel()  # a no-op once it is done
                     await self._cut(seq, pending[0])
-                finally:
-                    self._release(seq)
-            else:
+            finally:
                 self._release(seq)
         tail = stream.flush()
         yield GenerationChunk(tail, [], finish, Usage(len(ids), produced))

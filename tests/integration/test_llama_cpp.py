@@ -385,8 +385,13 @@ def test_a_stream_decodes_on_while_its_reader_is_busy_but_not_far_ahead(
         async for chunk in generator.generate(prompt, params):
             tokens += chunk.token_ids
             if len(tokens) == 3:
+                # Blocks the event loop, not the step loop, until two steps ran (however slow
+                # the host), then a while longer for any step past AHEAD.
                 before = generator.step_stats.decode_calls
-                time.sleep(0.6)  # blocks the event loop, not the step loop
+                end = time.monotonic() + 30
+                while generator.step_stats.decode_calls - before < 2 and time.monotonic() < end:
+                    time.sleep(0.01)
+                time.sleep(0.4)
                 during = generator.step_stats.decode_calls - before
         return alone, tokens, during
 
