@@ -29,7 +29,13 @@ from benchmarks import write_results
 os.environ.setdefault("GGML_CPU_TILED_MM", "0")  # as the backend runs (llama_cpp.py)
 
 SEQS = 16
-KINDS = ("plain", "repacked", "plain, flash attention", "repacked, flash attention")
+# name -> (repacked weights, flash attention)
+KINDS = {
+    "plain": (False, False),
+    "repacked": (True, False),
+    "plain, flash attention": (False, True),
+    "repacked, flash attention": (True, True),
+}
 WATCH = 5  # the sequence whose logits are compared
 # Companions of the watched sequence, as sequence ids (one llama.cpp pass: consecutive ids).
 GROUPS: dict[str, list[int]] = {
@@ -102,52 +108,36 @@ class Probe:
             first[s] = int(self._logits(len(p) - 1).argmax())
         return first
 
-    def digests(self, seqs: list[int], steps: int = 6) -> list[str]:
-        """The watched sequence's logits after each of ``steps`` greedy steps beside ``seqs``."""
+    def greedy(self, seqs: list[int], steps: int) -> tuple[list[str], float]:
+        """``steps`` greedy decode steps of ``seqs`` together: the watched sequence's logits
+        after each (if it is one of them) and the mean time of a step in ms."""
         token = self._prefill(seqs)
         pos = {s: len(self.prompts[s]) for s in seqs}
-        out = []
+        digests = []
+        start = time.perf_counter()
         for _ in range(steps):
             self._decode([(s, pos[s], token[s], True) for s in seqs])
             for i, s in enumerate(seqs):
                 logits = self._logits(i)
                 if s == WATCH:
-                    out.append(hashlib.sha256(logits.tobytes()).hexdigest()[:12])
+                    digests.append(hashlib.sha256(logits.tobytes()).hexdigest()[:12])
                 token[s] = int(logits.argmax())
                 pos[s] += 1
-        return out
-
-    def step_ms(self, width: int, steps: int) -> float:
-        """Mean time of a ``width``-wide decode step (logits of every sequence read)."""
-        seqs = list(range(width))
-        token = self._prefill(seqs)
-        pos = {s: len(self.prompts[s]) for s in seqs}
-        start = time.perf_counter()
-        for _ in range(steps):
-            self._decode([(s, pos[s], token[s], True) for s in seqs])
-            for i, s in enumerate(seqs):
-                token[s] = int(self._logits(i).argmax())
-                pos[s] += 1
-        return (time.perf_counter() - start) / steps * 1000
+        return digests, (time.perf_counter() - start) / steps * 1000
 
 
 def run(repeats: int, steps: int) -> dict[str, Any]:
-    probes = {
-        "plain": Probe(False),
-        "repacked": Probe(True),
-        "plain, flash attention": Probe(False, flash=True),
-        "repacked, flash attention": Probe(True, flash=True),
-    }
+    probes = {kind: Probe(repacked, flash) for kind, (repacked, flash) in KINDS.items()}
     invariance = {
-        kind: {name: probe.digests(seqs) for name, seqs in GROUPS.items()}
+        kind: {name: probe.greedy(seqs, 6)[0] for name, seqs in GROUPS.items()}
         for kind, probe in probes.items()
     }
     widths = (1, 4, 8, 16)
     times: dict[str, dict[int, list[float]]] = {k: {w: [] for w in widths} for k in probes}
-    for _ in range(repeats):  # the two back to back at each width: drift falls on both
+    for _ in range(repeats):  # all kinds back to back at each width: drift falls on each
         for w in widths:
             for kind, probe in probes.items():
-                times[kind][w].append(round(probe.step_ms(w, steps), 2))
+                times[kind][w].append(round(probe.greedy(list(range(w)), steps)[1], 2))
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "watched_sequence": WATCH,
