@@ -2,13 +2,13 @@
 
     python -m benchmarks.repack --out benchmarks/results
 
-The deterministic backend loads the model without llama.cpp's repacked Q4_K weights and runs
-attention without flash attention, because either can make a token's logits depend on what else
-is in its step. This measures how, and what they are worth: greedy decode steps of a watched
-sequence beside different companions (which columns of the step it takes), bit for bit, and the
-time of a decode step by width, for the four combinations. In this process, on the bundled GGUF,
-ggml's tiled matmul off as in the backend; contexts here stay under 256 KV cells, where flash
-attention keeps to its row path (a lone sequence's token over 512 cells or more takes another).
+The deterministic backend loads the model without llama.cpp's repacked Q4_K weights, because
+they make a token's logits depend on what else is in its step. This measures how, and what they
+are worth, with and without flash attention: greedy decode steps of a watched sequence beside
+different companions (which columns of the step it takes), bit for bit, and the time of a decode
+step by width, for the four combinations. In this process, on the bundled GGUF, ggml's tiled
+matmul off as in the backend; contexts here stay under 256 KV cells, where flash attention keeps
+to its row path even over f16 keys (``benchmarks/flash_keys.py`` measures past 512).
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ GROUPS: dict[str, list[int]] = {
 class Probe:
     """One context over the bundled model, ``SEQS`` sequences each in its own KV stream."""
 
-    def __init__(self, repacked: bool, flash: bool = False):
+    def __init__(
+        self, repacked: bool, flash: bool = False, kv: tuple[int, int] = (1, 1), cells: int = 1024
+    ):
+        """``kv``: the K and V cache types (ggml type ids; 1 is f16); ``cells`` per sequence."""
         import llama_cpp
         from llama_cpp import _internals
 
@@ -66,7 +69,8 @@ class Probe:
             path_model=str(resolve_gguf(None)), params=mparams, verbose=False
         )
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = 1024 * SEQS
+        cparams.n_ctx = cells * SEQS
+        cparams.type_k, cparams.type_v = kv
         cparams.n_seq_max = SEQS
         cparams.kv_unified = False
         cparams.swa_full = True

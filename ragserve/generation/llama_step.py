@@ -14,11 +14,16 @@ step. Found by measurement on this CPU build (``benchmarks/results/concurrency.m
   up, and ggml's tiled K-quant matmul takes over from 8 columns: both are off;
 - a KV cache shared by all sequences lets another request's cells change the order in which
   attention sums, so each sequence gets its own KV stream;
-- attention runs another kernel for a one-token piece of a sequence than for a wider one, so
-  generated tokens always go one at a time, prompt tokens always in pieces of two or more,
-  and the two never share a ``llama_decode`` call (llama.cpp would split a mixed call into equal
-  shares per sequence). Several prompts do share one, in equal shares (``prompt_calls``):
-  measured, logits are bit-identical however a prompt was cut into pieces of two or more.
+- flash attention over an f16 or f32 K cache splits a lone sequence's KV cache across threads
+  from 512 cells, and tiles prompt pieces of 64 rows or more: the backend keeps keys in bf16,
+  for which ggml always takes its row path (``llama_cpp.LlamaCppGenerator``);
+- attention without flash attention runs another kernel for a one-token piece of a sequence
+  than for a wider one. The backend no longer runs it but keeps the rule it asked for
+  (unmeasured whether flash attention still needs it): generated tokens always go one at a
+  time, prompt tokens always in pieces of two or more, and the two never share a
+  ``llama_decode`` call (llama.cpp would split a mixed call into equal shares per sequence).
+  Several prompts do share one, in equal shares (``prompt_calls``): measured, logits are
+  bit-identical however a prompt was cut into pieces of two or more.
 
 A token's logits are then bit-identical whether its request runs alone or beside 15 others.
 """

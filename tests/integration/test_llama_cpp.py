@@ -13,6 +13,7 @@ import pytest
 from ragserve.errors import ContextLengthError, InputError, NotFoundError
 from ragserve.generation.base import SamplingParams
 from ragserve.generation.llama_cpp import AHEAD, LlamaCppGenerator
+from ragserve.generation.llama_step import ignore_logits
 
 pytestmark = pytest.mark.integration
 
@@ -414,3 +415,38 @@ def test_a_stop_string_ends_the_chain_and_its_cells(generator: LlamaCppGenerator
     assert full.startswith(cut) and len(cut) < len(full)
     cells = _cells(generator)
     assert all(held == believed for held, believed in cells), cells
+
+
+def test_a_token_past_512_cells_gets_the_same_logits_alone_and_beside_others(
+    generator: LlamaCppGenerator,
+) -> None:
+    """Flash attention on CPU splits a lone sequence's KV cache across threads once it holds
+    512 cells (other sums than the row path several sequences take); the backend's bf16 K
+    cache keeps every step on the row path. A long sequence's next token, decoded alone and
+    then in one step with three others: bit-identical logits."""
+    loop_ = generator._loop
+    long = generator.tokenize("Lists keep their order, sets drop repeats and dicts map keys. " * 60)
+    n = 600
+    assert len(long) > n
+    short = generator.tokenize("Tuples do not change once made.")
+
+    async def run() -> tuple[str, str, int]:
+        seqs = await _empty_seqs(generator, 4)
+        for a in range(0, n, 60):  # pieces of two or more, each within a step
+            await loop_.submit(seqs[0], a, long[a : min(a + 60, n)], ignore_logits)
+        for s in seqs[1:]:
+            await loop_.submit(s, 0, short, ignore_logits)
+        alone = await loop_.submit(seqs[0], n, long[n : n + 1], _digest)
+        await loop_.call(generator._ctx.kv_cache_seq_rm, seqs[0], n, -1)
+        calls = loop_.stats.decode_calls
+        together = await asyncio.gather(
+            loop_.submit(seqs[0], n, long[n : n + 1], _digest),
+            *(loop_.submit(s, len(short), short[-1:], _digest) for s in seqs[1:]),
+        )
+        shared = loop_.stats.decode_calls - calls
+        await _give_back(generator, seqs)
+        return alone, together[0], shared
+
+    alone, beside, shared_calls = asyncio.run(run())
+    assert shared_calls == 1
+    assert beside == alone
