@@ -9,8 +9,9 @@ and inter-token latency p50/p99, outputs equal to the same request run alone):
 
 - equal work: every stream generates exactly 128 tokens (``ignore_eos``) from the same prompt
   text, ragserve's backend in this process (both modes) against llama-server's
-  ``/v1/completions``, all three up at once and measured back to back at each level, repeated
-  (``--repeats``) with ratios paired within a repeat, as this shared host drifts;
+  ``/v1/completions``, measured back to back at each level (each backend loaded for its turn
+  only: two contexts in one process slow each other), repeated (``--repeats``) with ratios
+  paired within a repeat, as this shared host drifts;
 - as a user sees it: ``/v1/chat/completions`` on both servers. The work differs here: ragserve's
   answers stop at the end of generation or their first repeat, llama-server's chat runs its
   ChatML template on to 128 tokens, so the mean tokens per stream is reported beside each rate.
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import itertools
 import json
 import os
@@ -214,50 +217,67 @@ def equal_work_prompts() -> list[str]:
     return [plain_transcript([{"role": "user", "content": a}]) for a in asks]
 
 
-async def equal_work(kinds: list[str], port: int, out: Path, repeats: int) -> dict[str, list]:  # type: ignore[type-arg]
-    """128 tokens per stream whatever the model would say, every kind up at once.
-
-    Each repeat goes over the levels with the kinds back to back at each, the first one
-    rotating, so a slow minute of this shared host weighs on every kind of that level, not on
-    one; each row carries its repeat, and the ratios pair rows of one repeat and level.
-    """
+@contextlib.asynccontextmanager
+async def backend(kind: str, prompt: str):  # type: ignore[no-untyped-def]
+    """A ragserve backend up for one turn, warmed by a token (llama.cpp sizes its buffers on the
+    first decode), closed after: two llama.cpp contexts in one process, each stepped from its
+    own thread, slow each other (measured here: one stream 44 -> 26 tok/s once the other had
+    decoded), which a server, one context per process, never sees."""
     from ragserve.generation.llama_cpp import LlamaCppGenerator
 
+    gen = LlamaCppGenerator(
+        n_ctx=4096, slots=8, n_threads=os.cpu_count(), deterministic=kind == "backend"
+    )
+    try:
+        await one_backend(gen, prompt, 1)
+        yield gen
+    finally:
+        await gen.aclose()
+
+
+async def equal_work(kinds: list[str], port: int, out: Path, repeats: int) -> dict[str, list]:  # type: ignore[type-arg]
+    """128 tokens per stream whatever the model would say.
+
+    llama-server stays up; each ragserve backend is loaded for its turn (``backend``). Each
+    repeat goes over the levels with the kinds back to back at each, the first one rotating,
+    so a slow minute of this shared host weighs on every kind of that level, not on one; each
+    row carries its repeat, and the ratios pair rows of one repeat and level.
+    """
     prompts = equal_work_prompts()
-    gens: dict[str, Any] = {}
     proc = None
     url = f"http://127.0.0.1:{port}"
     if "llama-server" in kinds:
         proc = start("llama-server", port, out / ".llama-server.log")
     try:
-        for kind in kinds:
-            if kind in BACKENDS:
-                gens[kind] = LlamaCppGenerator(
-                    n_ctx=4096, slots=8, n_threads=os.cpu_count(), deterministic=kind == "backend"
-                )
         if proc is not None:
             wait_ready(url, proc)
         async with httpx.AsyncClient(timeout=600) as client:
 
-            async def one_stream(kind: str, p: str):  # type: ignore[no-untyped-def]
-                if kind in gens:
-                    return await one_backend(gens[kind], p, 128)
-                return await one_completion(client, url, p, 128)
+            async def streams(kind: str, ps: list[str], together: bool):  # type: ignore[no-untyped-def]
+                """Each prompt's stream, all at once or one after another; and the wall time."""
+                async with contextlib.AsyncExitStack() as stack:
+                    if kind in BACKENDS:
+                        gen = await stack.enter_async_context(backend(kind, prompts[0]))
+                        go = functools.partial(one_backend, gen)
+                    else:
+                        go = functools.partial(one_completion, client, url)
+                    t = time.perf_counter()
+                    if together:
+                        res = await asyncio.gather(*(go(p, 128) for p in ps))
+                    else:
+                        res = [await go(p, 128) for p in ps]
+                    return res, time.perf_counter() - t
 
-            solo = {k: [(await one_stream(k, p))[0] for p in prompts] for k in kinds}
+            solo = {k: [r[0] for r in (await streams(k, prompts, False))[0]] for k in kinds}
             rows: dict[str, list] = {k: [] for k in kinds}  # type: ignore[type-arg]
             for rep in range(repeats):
                 for i, n in enumerate(LEVELS):
                     shift = (rep + i) % len(kinds)
                     for kind in kinds[shift:] + kinds[:shift]:
-                        t = time.perf_counter()
-                        res = await asyncio.gather(*(one_stream(kind, p) for p in prompts[:n]))
-                        r = row(n, res, time.perf_counter() - t, solo[kind])
-                        rows[kind].append({**r, "repeat": rep})
+                        res, wall = await streams(kind, prompts[:n], True)
+                        rows[kind].append({**row(n, res, wall, solo[kind]), "repeat": rep})
                         print(kind, "equal work", rows[kind][-1], flush=True)
     finally:
-        for gen in gens.values():
-            await gen.aclose()
         if proc is not None:
             stop(proc)
     if "llama-server" in kinds:
@@ -403,7 +423,9 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         "Every stream generates exactly 128 tokens (`ignore_eos`) from the same prompt text: "
         "ragserve's batched backend called in the benchmark's process, llama-server over "
-        f"`/v1/completions` on 127.0.0.1. All three are up at once; {ew['repeats']} repeats, "
+        "`/v1/completions` on 127.0.0.1. llama-server stays up, each backend is loaded for its "
+        "turn only (two llama.cpp contexts in one process, each stepped from its own thread, "
+        f"slow each other); {ew['repeats']} repeats, "
         "each going over the levels with the three back to back at each level (the first one "
         "rotating). Numbers are medians over the repeats; the ratio to llama-server is paired "
         "within a repeat and level, each repeat's ratio in brackets; equal to solo counts every "
