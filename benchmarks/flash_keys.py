@@ -190,7 +190,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"{statistics.median(times[k][w]):.1f} ms ({_paired(times[k][w], times[base][w]):.2f}×)"
             for k in kinds
         ]
-        lines.append(f"| decode step, {w} sequences | " + " | ".join(cells) + " |")
+        seqs = "1 sequence" if w == "1" else f"{w} sequences"
+        lines.append(f"| decode step, {seqs} | " + " | ".join(cells) + " |")
     pre = res["prefill_2000_s"]
     cells = [
         f"{statistics.median(pre[k]):.2f} s ({_paired(pre[k], pre[base]):.2f}×)" for k in kinds

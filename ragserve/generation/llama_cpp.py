@@ -57,9 +57,10 @@ class _Seq:
     """One sequence of the shared context: its id and the tokens its KV stream holds.
 
     ``prompt_len``: the leading tokens that were evaluated as prompt, in pieces of two or
-    more. llama.cpp picks another attention kernel for a one-token piece than for a wider one,
-    so a token's keys and values depend on which kind of piece it was in; a generated token
-    (always alone) cannot stand in for the same token read as a prompt.
+    more. Without flash attention llama.cpp picks another attention kernel for a one-token
+    piece than for a wider one, so a token's keys and values depend on which kind of piece it
+    was in; a generated token (always alone) cannot stand in for the same token read as a
+    prompt. Kept with flash attention, where it is not measured (``llama_step``).
     """
 
     def __init__(self, seq_id: int):
