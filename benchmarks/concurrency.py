@@ -255,9 +255,9 @@ async def equal_work(kinds: list[str], port: int, out: Path, repeats: int) -> di
 
             async def streams(kind: str, ps: list[str], together: bool):  # type: ignore[no-untyped-def]
                 """Each prompt's stream, all at once or one after another; and the wall time."""
-                async with contextlib.AsyncExitStack() as stack:
-                    if kind in BACKENDS:
-                        gen = await stack.enter_async_context(backend(kind, prompts[0]))
+                up = backend(kind, prompts[0]) if kind in BACKENDS else contextlib.nullcontext()
+                async with up as gen:
+                    if gen is not None:
                         go = functools.partial(one_backend, gen)
                     else:
                         go = functools.partial(one_completion, client, url)

@@ -19,7 +19,6 @@ attention, with it over f16 keys (llama-server's default) and over bf16 keys (th
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -31,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import write_results
-from benchmarks.repack import Probe
+from benchmarks.repack import Probe, cli, invariance_rows
 
 F32, F16, BF16 = 0, 1, 30  # ggml type ids
 # name -> (flash attention, K cache type, V cache type)
@@ -165,16 +163,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         *head,
     ]
-    inv = res["invariance"]
-    for name in inv[base]:
-        cells = []
-        for kind in kinds:
-            seen: dict[str, str] = {}
-            for g, d in inv[kind].items():
-                seen.setdefault(",".join(d), "ABCD"[len(seen)])
-                if g == name:
-                    cells.append(seen[",".join(d)])
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += invariance_rows(res["invariance"])
     lines += [
         "",
         f"Time, median over repeats (all kinds back to back), and against no flash attention in "
@@ -211,13 +200,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=48)
-    args = ap.parse_args()
-    res = run(args.repeats, args.steps)
-    write_results(args.out, "flash_keys", res, markdown(res))
+    cli("flash_keys", __doc__ or "", run, markdown, steps=48)
 
 
 if __name__ == "__main__":

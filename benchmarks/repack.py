@@ -155,6 +155,30 @@ def _head(first: str) -> list[str]:
     return ["| " + " | ".join((first, *KINDS)) + " |", "|---" * (len(KINDS) + 1) + "|"]
 
 
+def invariance_rows(inv: dict[str, dict[str, list[str]]]) -> list[str]:
+    """A table row per group: a letter per kind, equal letters for bit-identical logits."""
+    letters: dict[str, dict[str, str]] = {kind: {} for kind in inv}
+    rows = []
+    for name in next(iter(inv.values())):
+        cells = [
+            letters[kind].setdefault(",".join(inv[kind][name]), "ABCDEFGH"[len(letters[kind])])
+            for kind in inv
+        ]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def cli(name: str, doc: str, run: Any, markdown: Any, steps: int) -> None:
+    """A probe's command line (``--out``, ``--repeats``, ``--steps``): run, write results."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=steps)
+    args = ap.parse_args()
+    res = run(args.repeats, args.steps)
+    write_results(args.out, name, res, markdown(res))
+
+
 def markdown(res: dict[str, Any]) -> str:
     inv = res["invariance"]
     lines = [
@@ -167,14 +191,7 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         *_head("group"),
     ]
-    letters: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
-    for name in GROUPS:
-        cells = []
-        for kind in KINDS:
-            key = ",".join(inv[kind][name])
-            seen = letters[kind]
-            cells.append(seen.setdefault(key, "ABCDEFGH"[len(seen)]))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += invariance_rows(inv)
     lines += [
         "",
         f"Decode step time by width, ms: {res['steps']} greedy steps from a 12-token prompt, "
@@ -195,13 +212,7 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=96)
-    args = ap.parse_args()
-    res = run(args.repeats, args.steps)
-    write_results(args.out, "repack", res, markdown(res))
+    cli("repack", __doc__ or "", run, markdown, steps=96)
 
 
 if __name__ == "__main__":
