@@ -8,14 +8,25 @@ ONNX Runtime was 1.7x at cosine 0.88, so it lost). CPUs without bfloat16 in hard
 
 Queries are encoded one at a time (no padding) and cached, so a query's vector does not depend on
 which other queries shared its batch: ``search`` and ``score`` see the same vector.
+
+Torch must not slow the model beside it. It runs on OpenMP, in the same libgomp as llama.cpp,
+which keeps a pool of threads for every thread that ever started a parallel region, for that
+thread's life. Once libgomp manages more threads than there are cores, its barriers spin only
+briefly before they sleep (``do_spin`` in libgomp), and llama.cpp's decode, hundreds of barriers
+a token, slowed from 21 to 34 ms a token after one query had been encoded
+(``benchmarks/results/omp_pools.md``). So a query is encoded on one thread (no pool; for one
+short text it is faster too, 5 ms against 10), and a corpus on a thread of its own that ends
+with the work, taking its pool with it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -25,6 +36,9 @@ from ragserve.errors import InputError, NotFoundError
 MINILM = "all-MiniLM-L6-v2"
 PRECISIONS = ("bf16", "fp32", "fp32-st")
 _MAX_LENGTH = 256  # sentence-transformers' max_seq_length for this model
+_ONE_THREAD = threading.Lock()  # held while torch is set to one thread for a query
+
+T = TypeVar("T")
 
 
 class Encoder(Protocol):
@@ -75,6 +89,31 @@ def bf16_supported() -> bool:
     except OSError:  # not Linux: trust oneDNN
         return True
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def on_own_thread(fn: Callable[[threading.Event], T]) -> T:
+    """``fn(stop)`` on a new thread that ends when it returns, so libgomp frees the OpenMP pool
+    torch made there (see the module docstring). An interrupt sets ``stop``, which ``fn`` checks
+    between batches, and is raised once the thread has ended."""
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="encode") as pool:
+        future = pool.submit(fn, stop)
+        try:
+            return future.result()
+        except BaseException:
+            stop.set()
+            raise
+
+
+def one_thread(torch: Any, fn: Callable[[], T]) -> T:
+    """``fn()`` with torch on one thread: no OpenMP pool for the calling thread."""
+    with _ONE_THREAD:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
 
 
 class TorchMiniLM:
@@ -130,15 +169,24 @@ class TorchMiniLM:
             unit="passage",
             disable=not progress,
         )
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            out[idx] = self._run([encoded[i] for i in idx])
-            bar.update(len(idx))
-        bar.close()
+
+        def batches(stop: threading.Event) -> None:
+            for start in range(0, len(order), batch_size):
+                if stop.is_set():
+                    return
+                idx = order[start : start + batch_size]
+                out[idx] = self._run([encoded[i] for i in idx])
+                bar.update(len(idx))
+
+        try:
+            on_own_thread(batches)
+        finally:
+            bar.close()
         return out
 
     def encode_query(self, text: str) -> np.ndarray:
-        vec = self._run([self._tokenizer.encode(text).ids])[0]
+        ids = self._tokenizer.encode(text).ids
+        vec = one_thread(self._torch, lambda: self._run([ids]))[0]
         vec.setflags(write=False)
         return vec
 
@@ -156,6 +204,7 @@ class SentenceTransformerMiniLM:
 
         if threads:
             torch.set_num_threads(threads)
+        self._torch = torch
         self._model = SentenceTransformer(str(model_dir()), device="cpu")
 
     def identity(self) -> dict[str, Any]:
@@ -174,7 +223,7 @@ class SentenceTransformerMiniLM:
         )
 
     def encode_query(self, text: str) -> np.ndarray:
-        vec = self.encode([text])[0]
+        vec = one_thread(self._torch, lambda: self.encode([text])[0])
         vec.setflags(write=False)
         return vec
 
