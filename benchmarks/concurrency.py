@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from ragserve import environ_as_given
 from ragserve.generation.models import bundled_gguf
 
 CACHE = Path(".cache/llama-server")
@@ -120,7 +121,8 @@ def start(kind: str, port: int, log: Path) -> subprocess.Popen:  # type: ignore[
         if kind == "ragserve-fast":
             cmd.append("--nondeterministic")
     out = log.open("w")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    env = environ_as_given() if kind == "llama-server" else None
+    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def body(prompt: str, max_tokens: int, stream: bool) -> dict[str, Any]:

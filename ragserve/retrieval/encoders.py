@@ -15,7 +15,7 @@ thread's life. Once libgomp manages more threads than there are cores, its barri
 briefly before they sleep (``do_spin`` in libgomp), and llama.cpp's decode, hundreds of barriers
 a token, slowed from 21 to 34 ms a token after one query had been encoded
 (``benchmarks/results/omp_pools.md``). So a query is encoded on one thread (no pool; for one
-short text it is faster too, 5 ms against 10), and a corpus on a thread of its own that ends
+short text it is faster too, 6 ms against 11), and a corpus on a thread of its own that ends
 with the work, taking its pool with it.
 """
 
