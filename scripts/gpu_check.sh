@@ -1,45 +1,129 @@
 #!/usr/bin/env bash
-# GPU check for the vLLM backend, run on a lent GPU machine (never in CI):
-#   1. vLLM: already importable, or installed from wheels carried in .whl/ (see below);
-#   2. the model: $RAGSERVE_VLLM_MODEL if set (a local Hugging Face folder), else the bundled
-#      Gemma 3 270M GGUF exported to a Hugging Face folder (needs the gguf wheel);
-#   3. tests/vllm (the same tests `make test` runs on vLLM's CPU build), then a throughput run;
-# everything it prints and measures goes to $OUT (default: a temporary folder).
+# GPU check for the vLLM backend, run on a lent GPU machine (never in CI). Three checks, each
+# bounded in time, results under $OUT (default: a temporary folder):
+#   1. tests/vllm: generator, server and upstream tests on CUDA -> pytest.log
+#   2. throughput and batch invariance: benchmarks/generation_vllm.py, with and without the
+#      batch-invariant settings                               -> gpu_throughput.json
+#   3. token-identical speculation: `ragserve bench spec` (RaLMSpec variants against the plain
+#      loop, BM25, HotpotQA) on the vLLM generator           -> spec_vllm.json
 #
-# Wheels: the device machines have torch but no vLLM and no network. Download on a networked
-# machine, into .whl/ (ignored by git, named in the device call's `carry`), vLLM's wheel and the
-# requirements the device lacks, for its Python and torch (see ../.library/device/README.md):
-#   pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#       --platform manylinux_2_28_x86_64 -d .whl vllm==X gguf ...
-# Each vLLM wheel pins one torch: vLLM 0.26.x is the newest pinning the device image's torch 2.11.0
-# (CUDA 13), and its wheel is 289 MiB, while a device call carries at most 64 MiB. So the wheels
-# must travel in pieces over consecutive calls to one warm machine (joined under /tmp there), or
-# the device image must gain vLLM.
+# vLLM: already importable, else carried. The device machines have torch but no vLLM and no
+# network, and a call carries 64 MiB, so scripts/device_bundle.sh (run where pip works) cuts vLLM,
+# the packages it needs, the bundled model and the data into .device/p1 … pN; then, back to back
+# on one warm machine:
+#   call K < N:  carry [".device/pK"], run `bash scripts/gpu_check.sh --piece K`
+#   call N:      carry [".device/pN"], run `bash scripts/gpu_check.sh --piece N --run`
+# A piece call stores its piece under /tmp; the second one already installs vLLM and checks that
+# it imports, so a missing package shows while pieces are still travelling.
 set -uo pipefail
 OUT=${OUT:-$(mktemp -d)}
 PY=${PYTHON:-python3}
+PARTS=/tmp/ragserve-parts
+BUNDLE=/tmp/ragserve-bundle
+SITE=/tmp/ragserve-site
 cd "$(dirname "$0")/.."
+
+piece="" run=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --piece) piece=$2; run=0; shift 2 ;;
+    --run) run=1; shift ;;
+    *) echo "usage: $0 [--piece K [--run]]" >&2; exit 2 ;;
+  esac
+done
+
+# Measured on an H200 (2026-12-04): the six piece calls took 80 s of device time with the start;
+# the GGUF export 82 s; each vLLM engine start about 60 s (40 s of it torch.compile). The three
+# stages below, each bounded, fit what is left of a 15-minute lease.
+
+# Joins the pieces so far and unpacks what arrived whole (the last member may be cut short; the
+# final join rewrites it).
+unpack() {
+  mkdir -p "$BUNDLE"
+  cat "$PARTS"/piece.* | tar -xf - -C "$BUNDLE" 2>/dev/null
+  return 0
+}
+
+install_site() {
+  [ -f "$SITE/.installed" ] && return 0
+  [ -f "$BUNDLE/vllm.tar.xz" ] || return 0
+  rm -rf "$SITE" && mkdir -p "$SITE"
+  if command -v xz >/dev/null; then
+    xz -dc -T0 "$BUNDLE/vllm.tar.xz" | tar -xf - -C "$SITE" || return 1
+  else
+    $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+      "$BUNDLE/vllm.tar.xz" "$SITE" || return 1
+  fi
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+    "$BUNDLE"/whl/*.whl || return 1
+  touch "$SITE/.installed"
+}
+
+if [ -n "$piece" ]; then
+  mkdir -p "$PARTS"
+  cp .device/p"$piece"/piece.* "$PARTS"/
+  echo "piece $piece stored: $(du -sh "$PARTS" | cut -f1) so far"
+  # A wheel found missing after the first install rides along with a later piece.
+  if [ -f "$SITE/.installed" ] && ls .device/p"$piece"/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" --upgrade \
+      .device/p"$piece"/*.whl
+  fi
+  if [ "$piece" -ge 2 ] && [ ! -f "$SITE/.installed" ]; then
+    unpack
+    install_site || { echo "install failed"; exit 1; }
+    PYTHONPATH=$SITE:$PWD $PY -c "import vllm, vllm.v1.engine.async_llm,\
+ vllm.entrypoints.openai.api_server, ragserve.server.app, ragserve.generation.vllm;\
+ print('vllm', vllm.__version__, 'imports')" 2>&1 | grep -v "^INFO" | tail -5
+  fi
+  [ "$run" = 1 ] || exit 0
+  unpack
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
+    --upgrade "$BUNDLE"/model/*.whl || exit 1
+fi
+if [ -f "$SITE/.installed" ]; then
+  export PYTHONPATH=$SITE:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+# The image's JAX, once imported (transformers probes for it), would reserve 75% of the GPU.
+export JAX_PLATFORMS=cpu XLA_PYTHON_CLIENT_PREALLOCATE=false
+# vLLM 0.26's GPU sampler imports FlashInfer unless told not to, and the bundle leaves it out.
+$PY -c "import flashinfer" 2>/dev/null || export VLLM_USE_FLASHINFER_SAMPLER=0
 exec > >(tee "$OUT/gpu_check.log") 2>&1
 
-echo "== machine"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-if ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-if ! $PY -c "import vllm; print('vllm', vllm.__version__)"; then
-  echo "vLLM is not importable here and no wheels were carried in .whl/: nothing to check."
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+if ! $PY -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"; then
+  echo "vLLM is not importable here and no pieces were carried: nothing to check."
   echo '{"vllm_available": false}' > "$OUT/gpu_check.json"
   exit 2
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
+status=0
+
+echo "== model export"
+t=$(date +%s)
+$PY -c "from ragserve.generation.hf_export import export_hf; print(export_hf())" || status=1
+echo "export took $(( $(date +%s) - t )) s"
 
 echo "== tests"
-$PY -m pytest -q tests/vllm -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log"
-status=${PIPESTATUS[0]}
+timeout "${TESTS_TIMEOUT:-300}" $PY -m pytest -q tests/vllm -p no:cacheprovider 2>&1 \
+  | tee "$OUT/pytest.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 echo "== throughput"
 model_flag=()
 [ -n "${RAGSERVE_VLLM_MODEL:-}" ] && model_flag=(--model "$RAGSERVE_VLLM_MODEL")
-$PY -m benchmarks.generation_vllm "${model_flag[@]}" --streams 64 --max-tokens 128 --also-fast \
-  --json "$OUT/gpu_throughput.json"
+timeout "${THROUGHPUT_TIMEOUT:-180}" $PY -m benchmarks.generation_vllm "${model_flag[@]}" \
+  --streams 64 --max-tokens 128 --also-fast --json "$OUT/gpu_throughput.json" || status=1
+
+echo "== speculation (RaLMSpec on vLLM, BM25 over HotpotQA)"
+data=${RAGSERVE_DATA:-$BUNDLE/data}
+if [ -d "$data/hotpotqa" ]; then
+  RAGSERVE_GENERATOR=vllm timeout "${SPEC_TIMEOUT:-150}" $PY -m ragserve.cli bench spec \
+    --retriever bm25 --data "$data/hotpotqa" --num-prompts "${SPEC_PROMPTS:-10}" \
+    --variants spec,PSA --max-tokens 64 --index-dir /tmp/ragserve-indexes \
+    --json "$OUT/spec_vllm.json" || status=1
+else
+  echo "no HotpotQA at $data: speculation not checked"
+fi
+
 exit $status

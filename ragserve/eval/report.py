@@ -85,18 +85,20 @@ def open_eval_index(
     progress: bool = True,
 ) -> LoadedIndex:
     """The index ``eval-<dataset>`` with ``retrievers`` (hybrid: BM25 and dense), built if absent
-    or lacking one of them."""
+    or lacking one of them. A rebuild keeps the retrievers the index had, so measuring one never
+    builds away another."""
     name = f"eval-{dataset.name}"
-    stored = stored_retrievers(retrievers)
+    stored = build = stored_retrievers(retrievers)
     if not rebuild and name in list_indexes(index_dir):
         have = open_manifest(index_dir, name)[1].retrievers
         rebuild = any(r not in have for r in stored)
+        build = list(dict.fromkeys([*have, *stored]))
     if rebuild or name not in list_indexes(index_dir):
         build_from_file(
             dataset.corpus,
             name,
             index_dir,
-            retrievers=stored,
+            retrievers=build,
             chunking=ChunkingConfig(0, 0),
             progress=progress,
             retriever_options={"dense": {"factory": dense_factory}},

@@ -117,3 +117,20 @@ def test_index_folders_follow_the_umask(tmp_path: Path, corpus_file: Path) -> No
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "small").stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "small" / "bm25").stat().st_mode) == 0o755
+
+
+def test_eval_index_grows_without_losing_a_retriever(tmp_path: Path, corpus_file: Path) -> None:
+    """Measuring BM25 builds BM25 alone (no encoder); measuring dense later adds dense and keeps
+    BM25, so one benchmark never builds away what another measured."""
+    from ragserve.eval.datasets import Dataset
+    from ragserve.eval.report import open_eval_index
+
+    data = Dataset("tiny", "qa", corpus_file, [("q1", "gzip")], {"q1": {"3": 1}})
+    index = open_eval_index(data, tmp_path, ["bm25"], progress=False)
+    assert set(index.retrievers) == {"bm25"}
+    index.close()
+    index = open_eval_index(data, tmp_path, ["dense"], progress=False)
+    assert set(index.retrievers) == {"dense"}  # loads what was asked for
+    index.close()
+    manifest = json.loads((tmp_path / "eval-tiny" / "manifest.json").read_text())
+    assert set(manifest["retrievers"]) == {"bm25", "dense"}
