@@ -1,7 +1,7 @@
 """RaLMSpec under load (issue 11): concurrent ``ralm`` requests through the real HTTP server, with
 and without speculation and cross-request search batching, side by side in one run.
 
-    python -m benchmarks.spec_load --distractors 2000000 --out benchmarks/results
+    python -m benchmarks.spec_load --distractors 5000000 --out benchmarks/results
 
 The server runs in this process (uvicorn on 127.0.0.1, a port of its own per configuration)
 because its retriever is the evaluation index plus synthetic distractor passages, built here as
@@ -106,7 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="QA folder (default: $RAGSERVE_DATA/hotpotqa)")
     ap.add_argument("--retriever", default="dense", choices=["dense", "hnsw", "bm25"])
-    ap.add_argument("--distractors", type=int, default=2_000_000)
+    ap.add_argument("--distractors", type=int, default=5_000_000)
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
