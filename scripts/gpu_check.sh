@@ -46,18 +46,17 @@ unpack() {
   return 0
 }
 
+# Carried wheels into $SITE, offline and as they are (their requirements travel beside them).
+site_install() {
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "$@"
+}
+
 install_site() {
   [ -f "$SITE/.installed" ] && return 0
-  [ -f "$BUNDLE/vllm.tar.xz" ] || return 0
   rm -rf "$SITE" && mkdir -p "$SITE"
-  if command -v xz >/dev/null; then
-    xz -dc -T0 "$BUNDLE/vllm.tar.xz" | tar -xf - -C "$SITE" || return 1
-  else
-    $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
-      "$BUNDLE/vllm.tar.xz" "$SITE" || return 1
-  fi
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
-    "$BUNDLE"/whl/*.whl || return 1
+  xz -dc -T0 "$BUNDLE/vllm.tar.xz" | tar -xf - -C "$SITE" || return 1
+  site_install "$BUNDLE"/whl/*.whl || return 1
   touch "$SITE/.installed"
 }
 
@@ -65,11 +64,6 @@ if [ -n "$piece" ]; then
   mkdir -p "$PARTS"
   cp .device/p"$piece"/piece.* "$PARTS"/
   echo "piece $piece stored: $(du -sh "$PARTS" | cut -f1) so far"
-  # A wheel found missing after the first install rides along with a later piece.
-  if [ -f "$SITE/.installed" ] && ls .device/p"$piece"/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" --upgrade \
-      .device/p"$piece"/*.whl
-  fi
   if [ "$piece" -ge 2 ] && [ ! -f "$SITE/.installed" ]; then
     unpack
     install_site || { echo "install failed"; exit 1; }
@@ -79,8 +73,7 @@ if [ -n "$piece" ]; then
   fi
   [ "$run" = 1 ] || exit 0
   unpack
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" \
-    --upgrade "$BUNDLE"/model/*.whl || exit 1
+  site_install "$BUNDLE"/model/*.whl || exit 1
 fi
 if [ -f "$SITE/.installed" ]; then
   export PYTHONPATH=$SITE:${PYTHONPATH:-}
