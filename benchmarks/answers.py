@@ -13,6 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
+from benchmarks import machine
 from ragserve.config import Settings
 from ragserve.engine import RagOptions
 from ragserve.engine.prompt import NO_ANSWER
@@ -61,6 +62,7 @@ def main() -> None:
         "strategy": "single",
         "retriever": "hybrid (server default)",
         "questions": len(rows),
+        "machine": machine(),
         "latency_p50_s": round(statistics.median(seconds), 3),
         "latency_max_s": max(seconds),
         "empty": sum(r["answer"] in ("", NO_ANSWER["single"]) for r in rows),

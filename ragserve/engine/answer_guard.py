@@ -3,7 +3,12 @@ words it has written before.
 
 Each finished sentence acts as a stop string for the rest of the answer: the sentence being
 written is held back only while it could still turn out to repeat an earlier one, so a loop is
-cut before any of it reaches the client and ordinary text streams with no delay.
+cut before any of it reaches the client and ordinary text streams with no delay. Loops with no
+sentence end in them (``The method of f(x, y=1): The method of f(x, y=1): …``) are caught by
+their words: the words that end the answer so far and were all written before, in that order,
+are held back until the run breaks (a word or two of delay) or reaches ``NGRAM`` words, where
+the answer is cut at the run's start. Runs may overlap the text they repeat, so a loop shorter
+than ``NGRAM`` words is caught after ``NGRAM`` words of its second turn.
 """
 
 from __future__ import annotations
@@ -18,9 +23,17 @@ MIN_WORDS = 4  # shorter sentences ("Yes.", "1.") may repeat legitimately
 NGRAM = 12  # a run of this many words written twice is a loop even without sentence ends
 
 
+def _spans(sentence: str) -> list[tuple[int, str]]:
+    """A sentence's words as compared (list number, case and punctuation ignored), each with
+    where it starts."""
+    mark = _LIST_MARK.match(sentence)
+    return [
+        (m.start(), m.group().lower()) for m in _WORD.finditer(sentence, mark.end() if mark else 0)
+    ]
+
+
 def _key(sentence: str) -> str:
-    """A sentence compared by its words: list numbers, case and punctuation ignored."""
-    return " ".join(_WORD.findall(_LIST_MARK.sub("", sentence).lower()))
+    return " ".join(w for _, w in _spans(sentence))
 
 
 class RepeatGuard:
@@ -61,11 +74,15 @@ class RepeatGuard:
             out.append(done[self._released :])
             self._released = 0
             self._remember(done)
-        if self._loops():
+        run, start = self._tail_run()
+        if run >= NGRAM:  # a loop: what came before its run goes out, the run does not
+            out.append(self._sentence[self._released : max(start, self._released)].rstrip())
             return self._stop(out)
-        if not self._may_repeat(self._sentence):
-            out.append(self._sentence[self._released :])
-            self._released = len(self._sentence)
+        hold = 0 if self._may_repeat(self._sentence) else start
+        hold = len(self._sentence[:hold].rstrip())  # spaces go out with the word after them
+        if hold > self._released:
+            out.append(self._sentence[self._released : hold])
+            self._released = hold
         return "".join(out)
 
     def _flush(self) -> str:
@@ -95,9 +112,26 @@ class RepeatGuard:
             self._seen.append(key)
         self._words += key.split()
 
-    def _loops(self) -> bool:
-        words = self._words + _key(self._sentence).split()
-        if len(words) < 2 * NGRAM:
-            return False
-        tail = words[-NGRAM:]
-        return any(words[i : i + NGRAM] == tail for i in range(len(words) - 2 * NGRAM + 1))
+    def _tail_run(self) -> tuple[int, int]:
+        """The longest run of words that ends the answer so far and was written before, and
+        where it starts in the sentence being written (0: in an earlier one; the sentence's
+        length: no run). A last word that may go on matches as a prefix."""
+        spans = _spans(self._sentence)
+        words = self._words + [w for _, w in spans]
+        n = len(words)
+        if n < 2:
+            return 0, len(self._sentence)
+        last = words[-1]
+        open_end = bool(spans) and spans[-1][0] + len(last) == len(self._sentence)
+        best = 0
+        for i in range(n - 1):  # i: where an earlier run ends
+            if not (words[i].startswith(last) if open_end else words[i] == last):
+                continue
+            k = 1  # not capped at NGRAM: text fed in one piece may go past it
+            while k <= i and words[i - k] == words[n - 1 - k]:
+                k += 1
+            best = max(best, k)
+        if not best:
+            return 0, len(self._sentence)
+        own = n - best - len(self._words)  # the run's first word, counted in this sentence
+        return best, spans[own][0] if own >= 0 else 0

@@ -48,6 +48,35 @@ def test_a_loop_without_sentence_ends_is_cut() -> None:
     assert stopped and len(out.split()) < 3 * 12
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The method of gzip.compress(data, compresslevel=9, *, mtime=None): " * 4,
+         "The method of gzip.compress(data, compresslevel=9, *, mtime=None):"),
+        ("Use it so: a b c d e, a b c d e, a b c d e, a b c d e, a b c d e, a b",
+         "Use it so: a b c d e,"),
+        ("It reads " + "the file " * 20, "It reads the file"),
+    ],
+)  # fmt: skip
+def test_a_loop_shorter_than_the_ngram_is_cut_where_it_starts_again(
+    text: str, expected: str
+) -> None:
+    """No sentence end in the loop, and each turn shorter than NGRAM words: cut at the start of
+    its second turn, before any of that turn is emitted."""
+    for seed in range(5):
+        assert run(tokens(text, seed)) == (expected, True)
+
+
+def test_words_held_back_in_a_run_go_out_once_it_breaks() -> None:
+    """A run of words written before is held back only while it lasts."""
+    guard = RepeatGuard()
+    assert guard.feed("Open the file in text mode and read the file ") == (
+        "Open the file in text mode and read"
+    )
+    assert guard.feed("twice") == " the file twice"
+    assert guard.flush() == "" and not guard.stopped
+
+
 def test_ordinary_text_streams_unchanged() -> None:
     text = "The nonlocal statement rebinds names. It refers to the enclosing scope.\nDone"
     out, stopped = run(tokens(text))
