@@ -73,8 +73,8 @@ def test_words_held_back_in_a_run_go_out_once_it_breaks() -> None:
     assert guard.feed("Open the file in text mode and read the file ") == (
         "Open the file in text mode and read"
     )
-    assert guard.feed("twice") == " the file twice"
-    assert guard.flush() == "" and not guard.stopped
+    assert guard.feed("twice, and") == " the file twice,"  # a word goes out once it ends
+    assert guard.flush() == " and" and not guard.stopped
 
 
 def test_ordinary_text_streams_unchanged() -> None:
