@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks import machine
 from ragserve import environ_as_given
 from ragserve.generation.models import bundled_gguf
 
@@ -298,7 +299,11 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         some = [r for r in rows if r["streams"] == n]
         if not some:
             continue
-        med = {k: statistics.median(r[k] for r in some) for k in some[0] if k not in ("repeat",)}
+        med = {
+            k: round(statistics.median(r[k] for r in some), 3)
+            for k in some[0]
+            if k not in ("repeat",)
+        }
         med["equal_to_solo"] = sum(r["equal_to_solo"] for r in some)
         med["outputs"] = sum(r["outputs"] for r in some)
         if "vs_llama_server" in some[0]:
@@ -417,7 +422,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "## Concurrent greedy streams (issue 10)",
         "",
-        f"Machine: {res['machine']}, {res['cores']} cores; bundled Gemma 3 270M Q4_K_M; "
+        f"Machine: {res['machine']}; bundled Gemma 3 270M Q4_K_M; "
         f"llama.cpp from llama-cpp-python {res['llama_cpp_python']}; temperature 0, 128 tokens "
         "at most. Run with `python -m benchmarks.concurrency`.",
         "",
@@ -434,6 +439,10 @@ def markdown(res: dict[str, Any]) -> str:
         "output of every repeat.",
         "",
         *table(ew["summary"], ("backend", "backend-fast", "llama-server")),
+    ]
+    if not all(servers.get(k, {}).get("levels") for k in KINDS):  # an --equal-work-only run
+        return "\n".join(lines) + "\n"
+    lines += [
         "",
         "### As a user sees it",
         "",
@@ -477,8 +486,7 @@ def main() -> None:
     path = out / "concurrency.json"
     res: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"servers": {}}
     res.update({
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
+        "machine": machine(),
         "llama_cpp_python": llama_cpp_version(),
         "date": time.strftime("%Y-%m-%d"),
     })  # fmt: skip
