@@ -3,7 +3,7 @@ words it has written before.
 
 Each finished sentence acts as a stop string for the rest of the answer: the sentence being
 written is held back only while it could still turn out to repeat an earlier one, so a loop is
-cut before any of it reaches the client and ordinary text streams with no delay. Loops with no
+cut before any of it reaches the client and ordinary text streams a word behind. Loops with no
 sentence end in them (``The method of f(x, y=1): The method of f(x, y=1): …``) are caught by
 their words: the words that end the answer so far and were all written before, in that order,
 are held back until the run breaks (a word or two of delay) or reaches ``NGRAM`` words, where
@@ -87,6 +87,10 @@ class RepeatGuard:
             if self._repeats(done):
                 return self._stop(out)
             self._read(done, final=True)
+            run, start = self._run
+            if run >= NGRAM:  # text fed in one piece (a whole answer, say): a loop inside it
+                out.append(done[self._released : max(start or 0, self._released)].rstrip())
+                return self._stop(out)
             out.append(done[self._released :])
             self._remember(done)
             self._sentence, self._released = rest, 0
@@ -136,9 +140,10 @@ class RepeatGuard:
             self._starts.append(m.start())
             self._scan = m.end()
             added = True
-        if added:
-            self._run = self._tail_run()
-        elif not self._starts and self._run[0]:
+            self._run = self._tail_run()  # after each word: several may come in one piece
+            if self._run[0] >= NGRAM:
+                return
+        if not added and not self._starts and self._run[0]:
             self._run = (self._run[0], 0)  # a run from earlier sentences holds all of this one
 
     def _repeats(self, sentence: str) -> bool:

@@ -67,6 +67,12 @@ def test_a_loop_shorter_than_the_ngram_is_cut_where_it_starts_again(
         assert run(tokens(text, seed)) == (expected, True)
 
 
+def test_a_loop_inside_text_fed_at_once_is_found() -> None:
+    """``eval qa`` checks whole answers: a loop in a sentence that ends within the same piece."""
+    loop = "It opens " + "the file in text mode " * 4 + "and returns. Then it closes."
+    assert run([loop]) == ("It opens the file in text mode", True)
+
+
 def test_words_held_back_in_a_run_go_out_once_it_breaks() -> None:
     """A run of words written before is held back only while it lasts."""
     guard = RepeatGuard()
