@@ -16,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+from benchmarks import machine
 from ragserve.config import Settings
 from ragserve.engine import RagOptions
 from ragserve.engine.core import Engine
@@ -68,7 +69,8 @@ def main() -> None:
     lines = [
         "# Auto-RAG vs single (issue 9)",
         "",
-        f"Bundled Gemma 3 270M (base), {args.retriever}, first {args.limit} questions of each set,"
+        f"Machine: {machine()}. Bundled Gemma 3 270M (base), {args.retriever}, first"
+        f" {args.limit} questions of each set,"
         " one run; `single` given as many passages as `auto_rag` read on average (rounded up)."
         f" {args.concurrency} questions at a time (answers as when run alone; latencies include"
         " the shared model). `auto_rag`: queries anchored on the question, answer over the"
