@@ -23,17 +23,11 @@ MIN_WORDS = 4  # shorter sentences ("Yes.", "1.") may repeat legitimately
 NGRAM = 12  # a run of this many words written twice is a loop even without sentence ends
 
 
-def _spans(sentence: str) -> list[tuple[int, str]]:
-    """A sentence's words as compared (list number, case and punctuation ignored), each with
-    where it starts."""
-    mark = _LIST_MARK.match(sentence)
-    return [
-        (m.start(), m.group().lower()) for m in _WORD.finditer(sentence, mark.end() if mark else 0)
-    ]
-
-
 def _key(sentence: str) -> str:
-    return " ".join(w for _, w in _spans(sentence))
+    """A sentence compared by its words: list number, case and punctuation ignored (each word
+    lowered as ``RepeatGuard._read`` lowers it)."""
+    mark = _LIST_MARK.match(sentence)
+    return " ".join(m.group().lower() for m in _WORD.finditer(sentence, mark.end() if mark else 0))
 
 
 class RepeatGuard:
