@@ -74,7 +74,8 @@ def main() -> None:
         " one run; `single` given as many passages as `auto_rag` read on average (rounded up)."
         f" {args.concurrency} questions at a time (answers as when run alone; latencies include"
         " the shared model). `auto_rag`: queries anchored on the question, answer over the"
-        " passages read (the defaults for base models)"
+        " passages read, a final answer the passages read do not hold searched on (the"
+        " defaults for base models)"
         + (
             "; `auto_rag literal`: the model's own queries and final answer, as the paper runs it."
             if args.literal

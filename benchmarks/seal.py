@@ -2,7 +2,8 @@
 
 On each evaluation set, in one run with the bundled model: ``fmindex`` (the query's maximal
 n-grams that occur in the corpus), ``seal`` (keys the model writes under the FM-index's
-constraint, intersective scoring), ``seal-lmfm`` (the same keys, best key per passage), and the
+constraint, intersective scoring), ``seal-lmfm`` (the same keys, best key per passage),
+``seal-text`` (without the key-phrase beam: passage text and titles, as the paper), and the
 hybrids with and without seal. Then: latency per query alone (p50 and its split), every key
 checked against the corpus, and the FM-index's size (compact alphabet, compressed on disk)
 against the layout before it, with ``count`` speed of both.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import pickle
 import platform
 import random
@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks import machine
 from ragserve.engine.seal import SealRetriever
 from ragserve.eval.datasets import load_dataset
 from ragserve.eval.report import fused, open_eval_index
@@ -35,7 +36,8 @@ from ragserve.generation.llama_cpp import LlamaCppGenerator
 from ragserve.retrieval.fmindex import LEGACY_CLOSE, LEGACY_OPEN, Alphabet, FMIndexRetriever
 
 SETS = ("scifact", "hotpotqa", "nq")
-NAMES = ("fmindex", "seal", "seal-lmfm", "bm25+dense", "bm25+dense+fmindex", "bm25+dense+seal")
+NAMES = ("fmindex", "seal", "seal-lmfm", "seal-text", "bm25+dense", "bm25+dense+fmindex",
+         "bm25+dense+seal")  # fmt: skip
 
 
 def quality(data: Path, root: Path, gen: LlamaCppGenerator, limit: int) -> dict[str, Any]:
@@ -48,6 +50,7 @@ def quality(data: Path, root: Path, gen: LlamaCppGenerator, limit: int) -> dict[
         seal = SealRetriever(loaded["fmindex"], gen)
         loaded["seal"] = seal
         loaded["seal-lmfm"] = seal.variant(scoring="lm+fm")
+        loaded["seal-text"] = seal.variant(query_beam=0)  # passage text and titles only
         texts = [q for _, q in ds.queries]
         out: dict[str, Any] = {"queries": len(texts), "passages": len(index.docstore)}
         for name in NAMES:
@@ -96,6 +99,8 @@ def latency(data: Path, root: Path, gen: LlamaCppGenerator, n: int) -> dict[str,
             "steps_per_query": round(tm.steps / n, 2),
             "beam": seal.config.beam,
             "title_beam": seal.config.title_beam,
+            "query_beam": seal.config.query_beam,
+            "candidates": seal.config.candidates,
             "key_tokens": seal.config.key_tokens,
         }
     finally:
@@ -173,8 +178,10 @@ def markdown(res: dict[str, Any]) -> str:
         "# SEAL benchmark",
         "",
         f"Machine: {res['machine']}. Model: {res['model']} (base, zero-shot). Run with"
-        " `python -m benchmarks.seal`; numbers from `seal.json`. Beam 15 body keys + 5 title"
-        " keys, keys up to 10 tokens, intersective scoring (alpha 2, beta 0.8).",
+        " `python -m benchmarks.seal`; numbers from `seal.json`. Beams: 15 of passage text,"
+        " 5 of titles, 15 of the question's key phrases (`seal-text`: none of these), the"
+        " model's top 64 tokens per beam and step before the FM-index's filter, keys up to 10"
+        " tokens, intersective scoring (alpha 2, beta 0.8).",
         "",
     ]
     for name in SETS:
@@ -268,9 +275,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     saved = out / "seal.json"
     res: dict[str, Any] = json.loads(saved.read_text()) if saved.is_file() else {"quality": {}}
-    res["machine"] = (
-        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    res["machine"] = f"{machine()}, Python {platform.python_version()}"
     res["model"] = gen.model_name
     root = Path(args.index_dir)  # evaluation indexes are built there once, then reused
 

@@ -6,6 +6,10 @@ gets the passages for it, not read before, as ``Retrieved Document_<i>`` lines; 
 cap is hit, the model writes a document from its own knowledge for the last query, reads it, and
 must answer (the paper's parametric fallback).
 
+A small base model answers from the first passage it likes: with ``grounded_answers`` (default for
+base models) a ``Final Answer:`` whose words the passages read do not hold is not taken; the loop
+searches on with what the turn said, the answer included, as a reader checks the sources first.
+
 Base models (no chat template) get a plain-text transcript after worked demonstrations; chat
 models get the same turns as chat messages and no demonstrations.
 """
@@ -200,6 +204,7 @@ class AutoRag:
         base = not self.transcript.chat
         self.anchored = base if opts.anchor_queries is None else opts.anchor_queries
         evidence = base if opts.evidence_answer is None else opts.evidence_answer
+        self.grounded = base if opts.grounded_answers is None else opts.grounded_answers
         self.answer_over = answer_over if evidence else None
         # Room for a turn, its documents, then the fallback document and the answer.
         self.reserve = 3 * TURN_TOKENS + opts.max_passages * DOCUMENT_TOKENS + ANSWER_TOKENS
@@ -317,7 +322,11 @@ class AutoRag:
             usage=_add(state.usage, used),
             events=(*state.events, step),
         )
-        if turn.answer is not None:
+        # An answer the passages read do not hold is not taken (``grounded_answers``): a small
+        # model answers from the first passage it likes. It searches on with what the turn said.
+        if turn.answer is not None and (
+            not self.grounded or grounded(turn.answer, _read_text(state))
+        ):
             return replace(state, answer=turn.answer)
         finding = _finding(text)
         if finding and finding == state.last_finding:
@@ -408,6 +417,29 @@ class AutoRag:
             if chunk.usage is not None:
                 usage = chunk.usage
         return "".join(parts), usage
+
+
+# Words an answer may hold that no passage needs to: yes/no answers and function words.
+_FREE_WORDS = frozenset(
+    {"a", "an", "the", "of", "in", "on", "at", "to", "and", "or", "is", "was", "yes", "no"}
+)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def grounded(answer: str, passages: str) -> bool:
+    """Whether every word of ``answer`` but function words (and yes/no) occurs in ``passages``:
+    the check a reader makes before trusting an answer to the documents it cites."""
+    wanted = set(_words(answer)) - _FREE_WORDS
+    return wanted <= set(_words(passages))
+
+
+def _read_text(state: AutoRagState) -> str:
+    return " ".join(
+        f"{c.title} {c.text}" for e in state.events if isinstance(e, Retrieved) for c in e.citations
+    )
 
 
 def _add(a: Usage, b: Usage) -> Usage:

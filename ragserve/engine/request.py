@@ -25,6 +25,7 @@ class RagOptions:
     demonstrations: bool = True  # auto_rag: worked examples for base models
     anchor_queries: bool | None = None  # auto_rag: search the question with each query
     evidence_answer: bool | None = None  # auto_rag: answer over the passages read, as single
+    grounded_answers: bool | None = None  # auto_rag: a Final Answer the passages lack searches on
     trace: bool = False  # stream every step
     speculative: bool = False  # ralm, auto_rag: speculative retrieval verified in batches
     seal_beam: int | None = None  # seal: beam size for this request (server default if None)

@@ -9,6 +9,12 @@ key, with the model's log-probability of it. A body beam whose n-gram occurs onl
 growing: all it could grow into overlaps it in the same passage and weighs less, so no scoring
 would count it, and the model's work goes to the other beams.
 
+A third beam writes the question's key phrase (``query_beam``; the prompt shows a phrase of each
+example question). A fine-tuned SEAL model learns to copy the query's distinctive words into its
+keys; a small base model asked for passage text rarely does, so this beam asks for them outright:
+the model, not a frequency table, decides which of the question's n-grams are worth a key and
+how much (its probability of writing them), and the FM-index still keeps each one real.
+
 Passages are scored as in the paper. Each key ``n`` gets a weight from how much likelier the
 model finds it for this query than the corpus does, ``w(n, q) = max(0, log[P(n|q)(1 - P(n))] -
 log[P(n)(1 - P(n|q))])``, with the corpus prior ``P(n)`` from FM-index counts (add-one
@@ -55,34 +61,42 @@ KEY_RANGE = (1, 16)
 DEMONSTRATIONS = (
     (
         "How do plants turn sunlight into food?",
+        "sunlight into food",
         "Photosynthesis",
         "Photosynthesis is the process by which green plants use light energy to turn water"
         " and carbon dioxide into glucose, releasing oxygen.",
     ),
     (
         "Which river flows through Budapest?",
+        "Budapest",
         "Danube",
         "The Danube is the second-longest river in Europe. It flows through Vienna, Bratislava,"
         " Budapest and Belgrade before reaching the Black Sea.",
     ),
     (
         "What does the json module in Python do?",
+        "json module",
         "json (Python module)",
         "The json module encodes Python objects as JSON text and decodes JSON text back into"
         " dictionaries, lists, strings and numbers.",
     ),
 )
 HEADER = (
-    "Each question below is followed by the title and the text of a passage from the"
-    " collection that answers it.\n\n"
+    "Each question below is followed by its key phrase, then the title and the text of a passage"
+    " from the collection that answers it.\n\n"
 )
+KINDS = ("body", "title", "query")  # what a beam writes: passage text, a title, a key phrase
+FIELD = {"body": "Passage:", "title": "Title:", "query": "Key phrase:"}
 
 
-def seal_prompt(query: str, title: bool) -> str:
-    """The text the model continues with a title (``title``) or passage text."""
-    shots = "".join(f"Question: {q}\nTitle: {t}\nPassage: {p}\n\n" for q, t, p in DEMONSTRATIONS)
+def seal_prompt(query: str, kind: str) -> str:
+    """The text the model continues with passage text, a title or the question's key phrase."""
+    shots = "".join(
+        f"Question: {q}\nKey phrase: {k}\nTitle: {t}\nPassage: {p}\n\n"
+        for q, k, t, p in DEMONSTRATIONS
+    )
     question = " ".join(query.split())
-    return f"{HEADER}{shots}Question: {question}\n" + ("Title:" if title else "Passage:")
+    return f"{HEADER}{shots}Question: {question}\n{FIELD[kind]}"
 
 
 @dataclass(frozen=True)
@@ -91,8 +105,9 @@ class SealConfig:
 
     beam: int = 15
     title_beam: int = 5
+    query_beam: int = 15  # key phrases of the question, as the model picks them
     key_tokens: int = 10
-    candidates: int = 24  # model's top tokens per beam and step, before the FM-index filter
+    candidates: int = 64  # model's top tokens per beam and step, before the FM-index filter
     scoring: str = "intersective"
     alpha: float = 2.0
     beta: float = 0.8
@@ -103,6 +118,7 @@ class SealConfig:
         for name, (lo, hi) in (
             ("beam", BEAM_RANGE),
             ("title_beam", (0, BEAM_RANGE[1])),
+            ("query_beam", (0, BEAM_RANGE[1])),
             ("key_tokens", KEY_RANGE),
             ("candidates", (1, 256)),
             ("max_locate", (1, 10**7)),
@@ -148,11 +164,24 @@ class _Beams:
     """One query's beam of one kind (body or title)."""
 
     query: int
-    title: bool
+    kind: str
     width: int
     prompt: list[int]
     live: list[tuple[tuple[int, ...], float]]
     keys: dict[tuple[int, ...], Key]
+    copy_from: tuple[tuple[int, ...], ...] = ()  # a key-phrase beam writes only these' n-grams
+
+    def copyable(self, toks: tuple[int, ...]) -> set[int] | None:
+        """Tokens that extend ``toks`` to an n-gram of the question (None: no such limit)."""
+        if not self.copy_from:
+            return None
+        n = len(toks)
+        return {
+            seq[i + n]
+            for seq in self.copy_from
+            for i in range(len(seq) - n)
+            if seq[i : i + n] == toks
+        }
 
 
 class SealRetriever:
@@ -245,7 +274,8 @@ class SealRetriever:
     async def keys(self, queries: Sequence[str]) -> list[list[Key]]:
         """Each query's keys, from the cache or from one beam search over all the new ones."""
         c = self.config
-        beams = (c.beam, c.title_beam, c.key_tokens, c.candidates)  # what the keys depend on
+        # what the keys depend on
+        beams = (c.beam, c.title_beam, c.query_beam, c.key_tokens, c.candidates)
         found: dict[str, list[Key]] = {}
         with self._lock:
             for q in queries:
@@ -266,23 +296,37 @@ class SealRetriever:
                     self._cache.popitem(last=False)
         return [found[q] for q in queries]
 
-    def _prompt(self, query: str, title: bool) -> list[int]:
-        text = seal_prompt(query, title)
+    def _prompt(self, query: str, kind: str) -> list[int]:
+        text = seal_prompt(query, kind)
         head = text[: text.rindex("Question:")]
         if self._head is None:  # the instructions and examples, shared by every query
             self._head = self.generator.tokenize(head, special=True)  # with BOS
         return self._head + self.generator.tokenize(text[len(head) :], special=False)
 
+    def _question_tokens(self, query: str) -> tuple[tuple[int, ...], ...]:
+        """The question's tokens as they read inside a passage (after a space), as written and
+        in lower case: the n-grams a key-phrase beam may copy."""
+        text = " " + " ".join(query.split())
+        seqs = {tuple(self.generator.tokenize(t, special=False)) for t in (text, text.lower())}
+        return tuple(sorted(seqs))
+
     async def _beam_search(self, queries: list[str]) -> list[list[Key]]:
         cfg = self.config
         start = time.perf_counter()
-        beams = []
-        for qi, q in enumerate(queries):
-            beams.append(_Beams(qi, False, cfg.beam, self._prompt(q, False), [((), 0.0)], {}))
-            if cfg.title_beam:
-                beams.append(
-                    _Beams(qi, True, cfg.title_beam, self._prompt(q, True), [((), 0.0)], {})
-                )
+        beams = [
+            _Beams(
+                qi,
+                kind,
+                width,
+                self._prompt(q, kind),
+                [((), 0.0)],
+                {},
+                self._question_tokens(q) if kind == "query" else (),
+            )
+            for qi, q in enumerate(queries)
+            for kind, width in zip(KINDS, (cfg.beam, cfg.title_beam, cfg.query_beam), strict=True)
+            if width
+        ]
         reset = getattr(self.generator, "reset_topk_cache", None)
         if reset is not None:  # same queries, same keys (see llama_tree)
             await reset(self._head or [])
@@ -300,7 +344,11 @@ class SealRetriever:
             # beam -> (n-gram, log-probability, occurrences of the n-gram)
             extended: dict[int, list[tuple[tuple[int, ...], float, int]]] = defaultdict(list)
             for (b, toks, lp), top in zip(live, tops, strict=True):
-                found = self.index.next_counts(toks, [t.token_id for t in top], title=b.title)
+                title = b.kind == "title"
+                copyable = b.copyable(toks)
+                if copyable is not None:
+                    top = [t for t in top if t.token_id in copyable]
+                found = self.index.next_counts(toks, [t.token_id for t in top], title=title)
                 for t in top:
                     if t.token_id in found:
                         extended[id(b)].append(
@@ -309,19 +357,24 @@ class SealRetriever:
             for b in beams:
                 cands = sorted(extended.get(id(b), []), key=lambda c: (-c[1], c[0]))
                 b.live = []
+                title = b.kind == "title"
                 for toks, lp, found_n in cands[: b.width]:
                     # a body key occurs as often as the extension; a title key only when whole
-                    count = self.index.count(toks, title=True) if b.title else found_n
+                    count = self.index.count(toks, title=True) if title else found_n
                     if count > 0:  # a title key counts only once it is a whole title
-                        b.keys[toks] = Key(toks, b.title, lp, count)
-                    if b.title or count > 1:
+                        b.keys[toks] = Key(toks, title, lp, count)
+                    if title or count > 1:
                         b.live.append((toks, lp))
                     # else a body n-gram found once: all it can grow into is keys of that same
                     # passage that overlap it and weigh less, which never score. It stops.
             self.timing.index_s += time.perf_counter() - t1
-        out: list[list[Key]] = [[] for _ in queries]
-        for b in beams:
-            out[b.query].extend(b.keys.values())
+        best: list[dict[tuple[bool, tuple[int, ...]], Key]] = [{} for _ in queries]
+        for b in beams:  # a key written by two beams (text and key phrase) counts at its likeliest
+            for key in b.keys.values():
+                had = best[b.query].get((key.title, key.tokens))
+                if had is None or key.logprob > had.logprob:
+                    best[b.query][(key.title, key.tokens)] = key
+        out = [list(keys.values()) for keys in best]
         self.timing.queries += len(queries)
         self.timing.per_query_s.append((time.perf_counter() - start) / len(queries))
         return out

@@ -77,6 +77,11 @@ class RagParams(BaseModel):
         description="auto_rag: answer over the passages read, as single does; default: base"
         " models (others give the transcript's Final Answer)",
     )
+    grounded_answers: bool | None = Field(
+        None,
+        description="auto_rag: a Final Answer whose words the passages read do not hold searches"
+        " again (with that answer) instead of ending the loop; default: base models",
+    )
     trace: bool = Field(False, description="stream each step as a `rag_step` chunk")
     speculative: bool = Field(
         False,

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ragserve.engine.auto_rag import grounded, parse_turn
 from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.integration
@@ -39,6 +40,33 @@ def test_auto_rag_answers_with_a_trace_and_the_passages_it_read(live_server: Liv
     # A base model's queries are anchored: the question, then the model's own query.
     assert retrievals[0]["query"] == f"{QUESTION} {turns[0]['query']}"
     assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
+
+
+def test_a_final_answer_ends_the_loop_only_once_the_passages_read_hold_it(
+    live_server: LiveServer,
+) -> None:
+    """``grounded_answers`` (on for base models): every turn's Final Answer is checked against
+    the passages read before it; one they hold ends the loop, one they do not searches on."""
+    rag = {"strategy": "auto_rag", "max_iterations": 4, "retriever": "bm25",
+           "evidence_answer": False}  # fmt: skip
+    question = "Which function of the json module turns a string into a Python object?"
+    r = post(live_server, messages=[{"role": "user", "content": question}], rag=rag)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    text_of = {c["id"]: f"{c['title']} {c['text']}" for c in body["citations"]}
+    trace, read = body["rag_trace"], []
+    for i, step in enumerate(trace):
+        if step["kind"] == "retrieval":
+            read += step["passages"]
+        answer = parse_turn(step["text"]).answer if step["kind"] == "model" else None
+        if answer is None or step["iteration"] == 0:  # iteration 0: the answer asked for at last
+            continue
+        later = [s["kind"] for s in trace[i + 1 :]]
+        if grounded(answer, " ".join(text_of[p] for p in read)):
+            assert "retrieval" not in later  # taken: the loop ends here
+        elif step["iteration"] < rag["max_iterations"]:
+            assert later and later[0] == "retrieval"  # not taken: it searched on
+    assert body["choices"][0]["message"]["content"].strip()
 
 
 def test_auto_rag_streams_its_steps_when_asked(live_server: LiveServer) -> None:

@@ -59,6 +59,18 @@ def test_every_generated_key_occurs_in_the_corpus(seal: SealRetriever) -> None:
     assert any(k.title for k in keys)
 
 
+def test_the_key_phrase_beam_copies_the_questions_distinctive_words(demo, generator) -> None:  # type: ignore[no-untyped-def]
+    only_phrases = SealConfig(beam=1, title_beam=0, query_beam=15)
+    seal = SealRetriever(demo.retrievers["fmindex"], generator, only_phrases)
+    keys = asyncio.run(seal.keys(["What does the nonlocal statement do?"]))[0]
+    texts = [generator.detokenize(k.tokens).strip().lower() for k in keys]
+    question = "what does the nonlocal statement do?"
+    copied = [t for t in texts if t in question]
+    assert len(copied) >= len(texts) // 2  # all but the one text beam's keys
+    best = max(keys, key=seal.weight)
+    assert "nonlocal" in generator.detokenize(best.tokens).lower()
+
+
 def test_search_finds_the_passage_and_agrees_with_score(seal: SealRetriever, demo) -> None:  # type: ignore[no-untyped-def]
     q = QUESTIONS[0]
     hits = seal.search([q], 5)[0]

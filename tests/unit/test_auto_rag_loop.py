@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from ragserve.engine.auto_rag import grounded
 from ragserve.engine.core import Engine
 from ragserve.engine.events import Finished, Retrieved, TokenText
 from ragserve.engine.request import RagOptions, RagRequest
@@ -24,7 +25,8 @@ QUESTION = "Where was the author of Bleak House born?"
 
 class Turns:
     """A base model (no chat template of its own) that answers each prompt by how it ends:
-    turns as scripted, and ``from passages`` to the answer prompt over numbered passages."""
+    turns as scripted (the last again once they run out), and ``from passages`` to the answer
+    prompt over numbered passages."""
 
     model_name = "scripted"
     context_length = 4096
@@ -34,7 +36,7 @@ class Turns:
 
     async def generate(self, prompt: str, params: SamplingParams) -> AsyncIterator[GenerationChunk]:
         if prompt.rstrip().endswith(("Analysis:", "Intermediate Answer:")):
-            text = self.turns.pop(0)
+            text = self.turns.pop(0) if len(self.turns) > 1 else self.turns[0]
         elif "Passages:" in prompt:
             text = "from passages"
         else:
@@ -73,10 +75,13 @@ class Recorder:
 
 
 class Store:
+    """Passages 0 and 1 say nothing; from passage 2 on they hold the answer."""
+
     def get(self, ids: Sequence[int]) -> list[SimpleNamespace]:
         return [
-            SimpleNamespace(id=i, external_id=f"p{i}", doc_id=f"d{i}", title=f"T{i}", text="text")
+            SimpleNamespace(id=i, external_id=f"p{i}", doc_id=f"d{i}", title=f"T{i}", text=text)
             for i in ids
+            for text in ["Dickens was born in Portsmouth." if i >= 2 else "text"]
         ]
 
 
@@ -127,6 +132,27 @@ def test_a_turn_without_a_query(anchor: bool) -> None:
     assert queries[-1] == expected
 
 
-def test_an_answer_before_any_retrieval_is_the_models_own() -> None:
-    text, queries, _, _ = run([" I know this.\nFinal Answer: Portsmouth"])
+def test_an_answer_before_any_retrieval_is_the_models_own_unless_grounding_is_on() -> None:
+    text, queries, _, _ = run([" I know this.\nFinal Answer: Portsmouth"], grounded_answers=False)
     assert queries == [] and text == "Portsmouth"
+    text, queries, _, _ = run([" I know this.\nFinal Answer: Portsmouth"])
+    assert len(queries) == 2 and text == "from passages"  # searched until passages held it
+
+
+@pytest.mark.parametrize("grounding", [True, False])
+def test_an_answer_the_passages_do_not_hold_searches_on(grounding: bool) -> None:
+    script = [SCRIPT[0], " Found it.\nFinal Answer: Portsmouth", SCRIPT[2]]
+    _, queries, finished, events = run(script, grounded_answers=grounding)
+    read = [c.passage_id for e in events if isinstance(e, Retrieved) for c in e.citations]
+    if grounding:  # passages 0 and 1 do not say Portsmouth: search on, with the answer
+        assert queries[-1] == f"{QUESTION} Found it. Portsmouth"
+        assert finished.iterations == 3 and read == [0, 1, 2, 3]
+    else:
+        assert finished.iterations == 2 and read == [0, 1]
+
+
+def test_grounded_ignores_case_punctuation_and_function_words() -> None:
+    text = "Sir Tim Berners-Lee, born in London in 1955."
+    assert grounded("Tim Berners-Lee", text) and grounded("the London", text)
+    assert grounded("Yes", text) and grounded("", text)
+    assert not grounded("Paris", text) and not grounded("London, England", text)

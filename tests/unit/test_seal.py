@@ -8,7 +8,15 @@ from collections.abc import Sequence
 
 import pytest
 
-from ragserve.engine.seal import Key, SealConfig, SealRetriever, intersective
+from ragserve.engine.seal import (
+    DEMONSTRATIONS,
+    Key,
+    SealConfig,
+    SealRetriever,
+    _Beams,
+    intersective,
+    seal_prompt,
+)
 from ragserve.errors import InputError
 from ragserve.generation.base import TopToken
 from ragserve.generation.tokenizer import GGUFTokenizer
@@ -70,6 +78,46 @@ def test_several_queries_search_together(fm, tokenizer) -> None:  # type: ignore
     assert len(out) == 3 and model.calls <= 3  # one model call per step for all three
 
 
+def test_key_phrase_beams_add_prefixes_and_shared_keys_count_once(fm, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    model = ScriptedModel(tokenizer, WORDS)
+    sizes = []
+    for query_beam in (0, 3):
+        seen: list[int] = []
+        inner = model.next_token_topk
+
+        async def counting(prefixes, m, inner=inner, seen=seen):  # type: ignore[no-untyped-def]
+            seen.append(len(prefixes))
+            return await inner(prefixes, m)
+
+        model.next_token_topk = counting  # type: ignore[method-assign]
+        cfg = SealConfig(beam=3, title_beam=0, query_beam=query_beam, key_tokens=3)
+        keys = asyncio.run(SealRetriever(fm, model, cfg).keys(["which module reads json?"]))[0]  # type: ignore[arg-type]
+        model.next_token_topk = inner  # type: ignore[method-assign]
+        sizes.append(seen[0])
+        # the scripted model writes the same keys in both beams: each is kept once
+        assert len({(k.title, k.tokens) for k in keys}) == len(keys)
+    assert sizes == [1, 2]  # the key-phrase beam is a second prompt from the first step
+
+
+def test_key_phrase_beams_copy_only_the_questions_ngrams(fm, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    seal = SealRetriever(fm, ScriptedModel(tokenizer, WORDS))  # type: ignore[arg-type]
+    beam = _Beams(0, "query", 3, [], [((), 0.0)], {}, seal._question_tokens("Which module  JSON?"))
+    first = beam.copyable(())
+    assert first is not None and tokenizer.tokenize(" module")[0] in first
+    which_module = tuple(tokenizer.tokenize(" which module"))  # the lower-case copy
+    assert beam.copyable(which_module) == {tokenizer.tokenize(" json")[0]}
+    assert beam.copyable(tuple(tokenizer.tokenize(" banana"))) == set()
+    body = _Beams(0, "body", 3, [], [((), 0.0)], {})
+    assert body.copyable(()) is None  # passage text is limited by the corpus alone
+
+
+def test_prompts_end_where_each_beam_writes_and_examples_quote_their_question() -> None:
+    assert seal_prompt("why?", "query").endswith("Question: why?\nKey phrase:")
+    assert seal_prompt("why?", "title").endswith("Title:")
+    assert seal_prompt("  why\n now ", "body").endswith("Question: why now\nPassage:")
+    assert all(phrase in question for question, phrase, _, _ in DEMONSTRATIONS)
+
+
 def test_intersective_counts_overlapping_keys_once() -> None:
     a = Key((1, 2, 3), False, -1.0, 5)
     inside = Key((2, 3), False, -1.0, 9)
@@ -87,7 +135,8 @@ def test_weight_is_zero_unless_the_model_prefers_the_key(fm, tokenizer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("beam", 0), ("beam", 65), ("key_tokens", 17), ("group", 0)]
+    ("field", "value"),
+    [("beam", 0), ("beam", 65), ("query_beam", -1), ("key_tokens", 17), ("group", 0)],
 )
 def test_out_of_range_settings_name_the_field(field: str, value: int) -> None:
     with pytest.raises(InputError) as err:

@@ -99,6 +99,7 @@ def rag_options(
         demonstrations=body.rag.demonstrations,
         anchor_queries=body.rag.anchor_queries,
         evidence_answer=body.rag.evidence_answer,
+        grounded_answers=body.rag.grounded_answers,
         trace=body.rag.trace,
         speculative=pick("speculative", preset.speculative, False),
         seal_beam=body.rag.seal_beam,
