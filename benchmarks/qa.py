@@ -39,10 +39,15 @@ def main() -> None:
     ap.add_argument("--name", default="qa", help="results file stem in benchmarks/results")
     ap.add_argument("--literal", action="store_true",
                     help="also auto_rag with the model's own queries and answer")  # fmt: skip
+    ap.add_argument("--ungrounded", action="store_true",
+                    help="also auto_rag taking any Final Answer, held or not")  # fmt: skip
+    ap.add_argument("--add", action="store_true",
+                    help="keep the rows in the results file; run only the extra ones")  # fmt: skip
     args = ap.parse_args()
     settings = Settings.load()
     generator = create_generator(settings)
-    rows: dict[str, dict] = {}
+    saved = RESULTS / f"{args.name}.json"
+    rows: dict[str, dict] = json.loads(saved.read_text()) if args.add else {}
     try:
         for name in args.sets.split(","):
             data = settings.data_dir / name
@@ -53,10 +58,15 @@ def main() -> None:
                 return run_qa_eval(data, engine, rag, limit=args.limit,
                                    concurrency=args.concurrency).flat()  # fmt: skip
 
-            auto = run(RagOptions("auto_rag", retriever=args.retriever))
-            k = max(1, math.ceil(auto["passages_read_mean"]))
-            rows[f"{name}/single"] = run(RagOptions("single", k=k, retriever=args.retriever))
-            rows[f"{name}/auto_rag"] = auto
+            if not args.add:
+                auto = run(RagOptions("auto_rag", retriever=args.retriever))
+                k = max(1, math.ceil(auto["passages_read_mean"]))
+                rows[f"{name}/single"] = run(RagOptions("single", k=k, retriever=args.retriever))
+                rows[f"{name}/auto_rag"] = auto
+            if args.ungrounded:
+                loose = RagOptions("auto_rag", retriever=args.retriever, grounded_answers=False)
+                label = "auto_rag ungrounded"
+                rows[f"{name}/{label}"] = {**run(loose), "strategy": label}
             if args.literal:
                 literal = RagOptions("auto_rag", retriever=args.retriever, anchor_queries=False,
                                      evidence_answer=False)  # fmt: skip
@@ -65,7 +75,7 @@ def main() -> None:
     finally:
         asyncio.run(generator.aclose())
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    saved.write_text(json.dumps(rows, indent=2) + "\n")
     lines = [
         "# Auto-RAG vs single (issue 9)",
         "",
@@ -80,6 +90,12 @@ def main() -> None:
             "; `auto_rag literal`: the model's own queries and final answer, as the paper runs it."
             if args.literal
             else "."
+        )
+        + (
+            " `auto_rag ungrounded`: the same, but a turn's Final Answer ends the loop whether"
+            " or not the passages read hold it (as before `grounded_answers`)."
+            if any("ungrounded" in k for k in rows)
+            else ""
         ),
         "",
         "| set | strategy | k | " + " | ".join(COLUMNS) + " |",

@@ -161,7 +161,7 @@ class Timing:
 
 @dataclass
 class _Beams:
-    """One query's beam of one kind (body or title)."""
+    """One query's beam of one kind: passage text, a title, or the question's key phrase."""
 
     query: int
     kind: str
@@ -169,7 +169,7 @@ class _Beams:
     prompt: list[int]
     live: list[tuple[tuple[int, ...], float]]
     keys: dict[tuple[int, ...], Key]
-    copy_from: tuple[tuple[int, ...], ...] = ()  # a key-phrase beam writes only these' n-grams
+    copy_from: tuple[tuple[int, ...], ...] = ()  # key phrase: only n-grams of these sequences
 
     def copyable(self, toks: tuple[int, ...]) -> set[int] | None:
         """Tokens that extend ``toks`` to an n-gram of the question (None: no such limit)."""
