@@ -29,6 +29,15 @@ RESULTS = Path(__file__).parent / "results"
 COLUMNS = ["em", "f1", "support_recall", "passages_read_mean", "retrievals_mean", "empty_share",
            "looping_share", "answer_words_mean", "latency_p50_s", "latency_p90_s"]  # fmt: skip
 
+# Extra auto_rag rows: the flag that asks for one, its label, what it changes, what that means.
+VARIANTS = (
+    ("ungrounded", "auto_rag ungrounded", {"grounded_answers": False},
+     "the same, but a turn's Final Answer ends the loop whether or not the passages read hold"
+     " it (as before `grounded_answers`)."),
+    ("literal", "auto_rag literal", {"anchor_queries": False, "evidence_answer": False},
+     "the model's own queries and final answer, as the paper runs it."),
+)  # fmt: skip
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -44,9 +53,11 @@ def main() -> None:
     ap.add_argument("--add", action="store_true",
                     help="keep the rows in the results file; run only the extra ones")  # fmt: skip
     args = ap.parse_args()
+    saved = RESULTS / f"{args.name}.json"
+    if args.add and not saved.exists():
+        ap.error(f"--add keeps the rows of {saved}, which does not exist yet")
     settings = Settings.load()
     generator = create_generator(settings)
-    saved = RESULTS / f"{args.name}.json"
     rows: dict[str, dict] = json.loads(saved.read_text()) if args.add else {}
     try:
         for name in args.sets.split(","):
@@ -63,14 +74,10 @@ def main() -> None:
                 k = max(1, math.ceil(auto["passages_read_mean"]))
                 rows[f"{name}/single"] = run(RagOptions("single", k=k, retriever=args.retriever))
                 rows[f"{name}/auto_rag"] = auto
-            if args.ungrounded:
-                loose = RagOptions("auto_rag", retriever=args.retriever, grounded_answers=False)
-                label = "auto_rag ungrounded"
-                rows[f"{name}/{label}"] = {**run(loose), "strategy": label}
-            if args.literal:
-                literal = RagOptions("auto_rag", retriever=args.retriever, anchor_queries=False,
-                                     evidence_answer=False)  # fmt: skip
-                rows[f"{name}/auto_rag literal"] = {**run(literal), "strategy": "auto_rag literal"}
+            for flag, label, changes, _ in VARIANTS:
+                if getattr(args, flag):
+                    extra = RagOptions("auto_rag", retriever=args.retriever, **changes)
+                    rows[f"{name}/{label}"] = {**run(extra), "strategy": label}
             index.close()
     finally:
         asyncio.run(generator.aclose())
@@ -85,17 +92,11 @@ def main() -> None:
         f" {args.concurrency} questions at a time (answers as when run alone; latencies include"
         " the shared model). `auto_rag`: queries anchored on the question, answer over the"
         " passages read, a final answer the passages read do not hold searched on (the"
-        " defaults for base models)"
-        + (
-            "; `auto_rag literal`: the model's own queries and final answer, as the paper runs it."
-            if args.literal
-            else "."
-        )
-        + (
-            " `auto_rag ungrounded`: the same, but a turn's Final Answer ends the loop whether"
-            " or not the passages read hold it (as before `grounded_answers`)."
-            if any("ungrounded" in k for k in rows)
-            else ""
+        " defaults for base models)."
+        + "".join(
+            f" `{label}`: {meaning}"
+            for _, label, _, meaning in VARIANTS
+            if any(r["strategy"] == label for r in rows.values())
         ),
         "",
         "| set | strategy | k | " + " | ".join(COLUMNS) + " |",
